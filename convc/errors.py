@@ -1,0 +1,106 @@
+"""Diagnostics: every mistake a user can make becomes a `ConvcError`.
+
+The text of an error is what the CLI prints and what `str(err)` gives in Python:
+
+    net.conv:4:22: error: groups=3 does not divide the 96 input channels
+    conv conv2 filters=256 size=5 groups=3
+                                  ^~~~~~~~
+    help: groups must divide both the input channels and filters
+
+Several diagnostics found in one pass are carried by one exception and printed together.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Pos:
+    """A place in a source file: 1-based line and column, and the length to underline."""
+
+    line: int = 1
+    col: int = 1
+    length: int = 1
+
+
+@dataclass
+class Diagnostic:
+    message: str
+    pos: Pos | None = None
+    help: str | None = None
+    filename: str = "<input>"
+    source_line: str | None = None
+
+    def render(self) -> str:
+        where = f"{self.filename}:{self.pos.line}:{self.pos.col}" if self.pos else self.filename
+        lines = [f"{where}: error: {self.message}"]
+        if self.pos and self.source_line is not None:
+            lines.append(self.source_line)
+            lines.append(_caret(self.source_line, self.pos))
+        if self.help:
+            lines.append(f"help: {self.help}")
+        return "\n".join(lines)
+
+
+def _caret(source_line: str, pos: Pos) -> str:
+    # Keep tabs from the source so the caret lines up in any terminal.
+    lead = "".join(ch if ch == "\t" else " " for ch in source_line[: pos.col - 1])
+    room = max(1, min(pos.length, len(source_line) - pos.col + 1))
+    return lead + "^" + "~" * (room - 1)
+
+
+class ConvcError(ValueError):
+    """A user's mistake (syntax, shapes, parameters, files), with every diagnostic found."""
+
+    def __init__(self, diagnostics: list[Diagnostic] | Diagnostic | str):
+        if isinstance(diagnostics, str):
+            diagnostics = Diagnostic(diagnostics)
+        if isinstance(diagnostics, Diagnostic):
+            diagnostics = [diagnostics]
+        self.diagnostics = list(diagnostics)
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        text = "\n\n".join(d.render() for d in self.diagnostics)
+        if len(self.diagnostics) > 1:
+            text += f"\n\n{len(self.diagnostics)} errors"
+        return text
+
+    # The first diagnostic's place, for tests and tools.
+    @property
+    def line(self) -> int | None:
+        pos = self.diagnostics[0].pos
+        return pos.line if pos else None
+
+    @property
+    def col(self) -> int | None:
+        pos = self.diagnostics[0].pos
+        return pos.col if pos else None
+
+
+def file_error(path, message: str, help: str | None = None) -> ConvcError:
+    """An error about a whole file (missing, unreadable): `path: error: message`."""
+    return ConvcError(Diagnostic(message, None, help, str(path)))
+
+
+@dataclass
+class Source:
+    """The text of one .conv file, to quote its lines in diagnostics."""
+
+    text: str
+    filename: str = "<input>"
+    lines: list[str] = field(init=False)
+
+    def __post_init__(self):
+        self.lines = self.text.splitlines()
+
+    def diagnostic(self, message: str, pos: Pos | None, help: str | None = None) -> Diagnostic:
+        line = None
+        if pos is not None and 1 <= pos.line <= len(self.lines):
+            line = self.lines[pos.line - 1]
+        elif pos is not None:
+            line = ""
+        return Diagnostic(message, pos, help, self.filename, line)
+
+    def error(self, message: str, pos: Pos | None, help: str | None = None) -> ConvcError:
+        return ConvcError(self.diagnostic(message, pos, help))
