@@ -176,27 +176,8 @@ def compile(net, target: str = "llvm", batch: int = 1, params=None, bind: bool |
     directories, or None (untuned).
     """
     started = time.perf_counter()
-    if not isinstance(batch, int) or batch < 1:
-        raise ConvcError(f"batch must be a positive integer, got {batch!r}")
     info = make_target(target, arch)
-    bind = params is not None if bind is None else bind
-    if bind and params is None:
-        params = net.init_params(0)
-    checked = net.check_params(params) if bind else None
-    mod = relax_module(net, batch, dtype, all_outputs)
-    if bind:
-        mod = relax.transform.BindParams("main", {k: tvm.runtime.tensor(np.ascontiguousarray(v, dtype=dtype))
-                                                  for k, v in checked.items()})(mod)
-    kernels = kernel_layers(mod)
-    fused = fuse(mod)
-    report = BuildReport(kernels)
-    fused = _apply_records(fused, info, records, batch, report)
-    if info.kind == "cuda":
-        fused = _gpu_default_schedule(fused, info.target)
-    meta = {"convc": 1, "network": net.text, "filename": net.filename, "batch": batch, "target": info.name,
-            "target_kind": info.kind, "dtype": dtype, "bound": bool(bind), "all_outputs": all_outputs,
-            "params": {k: list(v) for k, v in net.param_shapes().items()}}
-    fused = _with_meta(fused, meta)
+    fused, report, meta = lower_network(net, info, batch, params, bind, records, all_outputs, dtype)
     try:
         ex = tvm.compile(fused, info.target, relax_pipeline=relax.get_default_pipeline(info.target))
     except Exception as err:   # a compiler bug is not the user's fault, but say which network and target
@@ -207,6 +188,29 @@ def compile(net, target: str = "llvm", batch: int = 1, params=None, bind: bool |
     if verbose:
         print(report.describe(net))
     return module
+
+
+def lower_network(net, info: TargetInfo, batch: int, params=None, bind=None, records="auto",
+                  all_outputs=False, dtype="float32"):
+    """net -> the fused, scheduled IRModule that tvm.compile takes, its BuildReport and metadata."""
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ConvcError(f"batch must be a positive integer, got {batch!r}")
+    bind = params is not None if bind is None else bind
+    if bind and params is None:
+        params = net.init_params(0)
+    checked = net.check_params(params) if bind else None
+    mod = relax_module(net, batch, dtype, all_outputs)
+    if bind:
+        mod = relax.transform.BindParams("main", {k: tvm.runtime.tensor(np.ascontiguousarray(v, dtype=dtype))
+                                                  for k, v in checked.items()})(mod)
+    report = BuildReport(kernel_layers(mod))
+    fused = _apply_records(fuse(mod), info, records, batch, report)
+    if info.kind == "cuda":
+        fused = _gpu_default_schedule(fused, info.target)
+    meta = {"convc": 1, "network": net.text, "filename": net.filename, "batch": batch, "target": info.name,
+            "target_kind": info.kind, "dtype": dtype, "bound": bool(bind), "all_outputs": all_outputs,
+            "params": {k: list(v) for k, v in net.param_shapes().items()}}
+    return _with_meta(fused, meta), report, meta
 
 
 def _apply_records(fused, info, records, batch, report):
@@ -264,14 +268,23 @@ class Module:
             return {layer.name: out[i].numpy() for i, layer in enumerate(self.net.layers)}
         return out.numpy()
 
-    def time(self, x, params=None, number: int = 10, repeat: int = 5) -> list[float]:
-        """Seconds per run, one figure per repeat (each the mean of `number` runs)."""
+    def time(self, x, params=None, number: int | None = None, repeat: int = 5) -> list[float]:
+        """Seconds per run, one figure per repeat (each the mean of `number` runs; by default as
+        many runs as fill about 0.1 s, after one warm-up run)."""
+        args = self.arguments(x, params)
+        if number is None:
+            once = self.vm.time_evaluator("main", self.device, number=1, repeat=1)(*args).mean
+            number = max(1, int(0.1 / max(once, 1e-6)))
         evaluator = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)
-        return list(evaluator(*self.arguments(x, params)).results)
+        return list(evaluator(*args).results)
 
     def _input(self, x):
         x = _as_numpy_or_torch(x)
         self.net.check_input(x, self.batch)
+        dtype = str(x.dtype).replace("torch.", "")
+        if not any(dtype.startswith(k) for k in ("float", "int", "uint", "bfloat")):
+            raise self.net.source.error(f"input {self.net.input_name!r} has dtype {dtype}, expected "
+                                        f"{self.meta['dtype']}", self.net.input_pos, "convert it: x.astype(np.float32)")
         return self._array(x, self.net.input_name)
 
     def _array(self, value, name):

@@ -175,7 +175,7 @@ class _Builder:
             handler(stmt, index)
         if self.input is None:
             self.error("the network has no input", Pos(1, 1, 1), "add `input data CxHxW` before the first layer")
-        elif not self.layers:
+        elif not any(isinstance(s, LayerStmt) for s in self.statements):
             self.error("the network has no layers", self.input.pos, "add layers after the input, e.g. `conv c1 filters=16 size=3`")
         if self.errors:
             raise ConvcError(self.errors)
@@ -249,7 +249,10 @@ class _Builder:
             for ref in stmt.inputs:
                 if ref.name in self.defined and ref.name != stmt.name:
                     refs.append((ref.name, ref.pos))
-                elif ref.name == stmt.name or ref.name in self.later:
+                elif ref.name == stmt.name:
+                    self.error(f"{ref.name!r} reads its own output", ref.pos,
+                               "networks have no cycles; name a layer above this one")
+                elif ref.name in self.later:
                     self.error(f"{ref.name!r} is defined later (line {self.later.get(ref.name)}); a layer can "
                                "only read layers above it", ref.pos, "networks have no cycles; reorder the lines")
                 else:
@@ -339,7 +342,7 @@ def _did_you_mean(word: str, choices) -> str:
 def _key_help(spec: LayerKind, key: str) -> str:
     keyspec = spec.keys[key]
     doc = getattr(keyspec.parse, "doc", "")
-    return f"{key} is {keyspec.doc}" + (f" ({doc})" if doc else "")
+    return f"{key}: {keyspec.doc}" + (f" ({doc})" if doc else "")
 
 
 def build_network(statements, source: Source) -> Network:

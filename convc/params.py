@@ -95,7 +95,7 @@ def check_input(net, x, batch: int | None = None) -> np.ndarray:
     arr = x if hasattr(x, "shape") else np.asarray(x)
     want = tuple(net.input_shape)
     shape = tuple(arr.shape)
-    n = batch if batch is not None else (shape[0] if shape else "N")
+    n = batch if batch is not None else (shape[0] if len(shape) == 4 else "N")
     if len(shape) != 4 or shape[1:] != want or (batch is not None and shape[0] != batch):
         raise net.source.error(
             f"input {net.input_name!r} has shape {fmt_shape(shape) or '()'}, expected {n}x{fmt_shape(want)}",

@@ -155,6 +155,8 @@ def _classify(err, line_text, line_no, col, source):
 def _describe(tok: Token) -> str:
     names = {"NUMBER": "number", "SHAPE": "shape", "NAME": "name", "WORD": "word", "EQUAL": "'='",
              "COMMA": "','", "LSQB": "'['", "RSQB": "']'"}
+    if tok.type in ("EQUAL", "COMMA", "LSQB", "RSQB"):
+        return names[tok.type]
     return f"{names.get(tok.type, 'token')} {str(tok)!r}"
 
 
