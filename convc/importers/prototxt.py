@@ -56,7 +56,7 @@ class Message:
 
 def _grammar_path() -> Path:
     for candidate in (Path(__file__).parents[2] / "grammar" / "prototxt.lark",
-                      Path(__file__).parent / "prototxt.lark"):
+                      Path(__file__).parents[1] / "grammar" / "prototxt.lark"):   # installed wheel
         if candidate.exists():
             return candidate
     raise FileNotFoundError("grammar/prototxt.lark is missing from the installation")
