@@ -47,7 +47,7 @@ def __getattr__(name):
         from . import build
         return getattr(build, name)
     if name == "tune":
-        from .tune import tune
+        from .tuning import tune
         return tune
     if name == "importers":
         import importlib

@@ -217,7 +217,7 @@ def _apply_records(fused, info, records, batch, report):
     if records is None:
         report.untuned = list(prim_funcs(fused))
         return fused
-    from .tune import apply_records
+    from .tuning import apply_records
     return apply_records(fused, info, records, batch, report)
 
 

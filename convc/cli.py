@@ -105,12 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rpc", metavar="HOST:PORT", help="measure on devices registered with this RPC tracker")
     p.add_argument("--key", default=None, help="device key on the RPC tracker")
     p.add_argument("--plot", metavar="PNG", help="draw the tuning curve")
-    p.set_defaults(run=_lazy("tune", "cmd_tune"))
+    p.set_defaults(run=_lazy("tuning", "cmd_tune"))
 
     p = sub.add_parser("plot", help="draw the tuning curve of a records directory")
     p.add_argument("records", help="records directory")
     p.add_argument("-o", "--output", default="tuning.png")
-    p.set_defaults(run=_lazy("tune", "cmd_plot"))
+    p.set_defaults(run=_lazy("tuning", "cmd_plot"))
 
     p = sub.add_parser("bench", help="per-kernel and whole-network latency against baselines")
     p.add_argument("file")

@@ -28,12 +28,14 @@ class Diagnostic:
     message: str
     pos: Pos | None = None
     help: str | None = None
-    filename: str = "<input>"
+    filename: str | None = None
     source_line: str | None = None
 
     def render(self) -> str:
-        where = f"{self.filename}:{self.pos.line}:{self.pos.col}" if self.pos else self.filename
-        lines = [f"{where}: error: {self.message}"]
+        where = self.filename or "<input>"
+        if self.pos:
+            where = f"{where}:{self.pos.line}:{self.pos.col}"
+        lines = [f"{where}: error: {self.message}" if self.pos or self.filename else f"error: {self.message}"]
         if self.pos and self.source_line is not None:
             lines.append(self.source_line)
             lines.append(_caret(self.source_line, self.pos))

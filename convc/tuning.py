@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConvcError
+from .errors import ConvcError, file_error
 
 SCHEDULES = Path(__file__).resolve().parent.parent / "schedules"
 WORKLOADS, RECORDS, VERDICTS, HISTORY = ("database_workload.json", "database_tuning_record.json",
@@ -37,12 +37,12 @@ def record_dirs(info, records, batch=None) -> list[Path]:
     dirs = [SCHEDULES / info.name if str(item) == "auto" else Path(item) for item in items]
     for d in dirs:
         if str(d) != str(SCHEDULES / info.name) and not d.is_dir():
-            raise ConvcError(f"{d}: error: no such records directory")
+            raise file_error(d, "no such records directory")
         if d.is_dir() and (d / "target.json").exists():
             recorded = json.loads((d / "target.json").read_text()).get("target")
             if recorded != info.name:
-                raise ConvcError(f"{d}: error: these records are for {recorded}, not {info.name}; "
-                                 "records are never applied to another CPU or GPU")
+                raise file_error(d, f"these records are for {recorded}, not {info.name}; "
+                                    "records are never applied to another CPU or GPU")
     return [d for d in dirs if (d / RECORDS).exists()]
 
 
@@ -325,21 +325,20 @@ def tune(net, target: str = "llvm", trials: int = 200, batch: int = 1, records=N
     if trials < 1:
         raise ConvcError(f"--trials must be at least 1, got {trials}")
     info = make_target(target, arch)
+    runner = make_runner(info, rpc, key)
     directory = Path(records) if records else SCHEDULES / info.name
-    directory.mkdir(parents=True, exist_ok=True)
     target_file = directory / "target.json"
     if target_file.exists() and json.loads(target_file.read_text()).get("target") != info.name:
-        raise ConvcError(f"{directory}: error: holds records for "
-                         f"{json.loads(target_file.read_text()).get('target')}, not {info.name}")
+        raise file_error(directory, f"holds records for {json.loads(target_file.read_text()).get('target')}, "
+                                    f"not {info.name}", "give each target its own records directory")
+    (directory / "logs").mkdir(parents=True, exist_ok=True)
     _atomic_write(target_file, json.dumps({"target": info.name, "config": str(info.target)}, indent=1))
-    (directory / "logs").mkdir(exist_ok=True)
 
     mod = relax_module(net, batch)
     layers_of = kernel_layers(mod)
     fused = fuse(mod)
     funcs = prim_funcs(fused)
     tasks = {t.task_name: t for t in ms.relax_integration.extract_tasks(fused, info.target)}
-    runner = make_runner(info, rpc, key)
     measure_here = rpc is None
     verdicts = load_verdicts(directory)
     db = open_database(directory)
@@ -412,7 +411,7 @@ def plot_history(directory: Path, output) -> Path:
 
     path = Path(directory) / HISTORY
     if not path.exists():
-        raise ConvcError(f"{directory}: error: no tuning history ({HISTORY}) to plot",)
+        raise file_error(directory, f"no tuning history ({HISTORY}) to plot", "run `convc tune` first")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     fig, ax = plt.subplots(figsize=(8, 5))
     total = 0
