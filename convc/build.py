@@ -81,6 +81,7 @@ def _emit_layer(bb, layer, inputs, pvars):
     def te_fn(*tensors):
         return lower(layer, list(tensors[:count]), dict(zip(suffixes, tensors[count:])))
 
+    # Identical kernels (rnorm1, rnorm2 of one shape) share one PrimFunc: tuned once.
     return bb.emit_te(te_fn, *inputs, *[pvars[f"{layer.name}.{s}"] for s in suffixes],
                       primfunc_name_hint=layer.name)
 
@@ -95,30 +96,40 @@ def fuse(mod: tvm.IRModule) -> tvm.IRModule:
     ])(mod)
 
 
-def kernel_layers(mod: tvm.IRModule) -> dict[str, list[str]]:
-    """{kernel name: [layer names it computes]}, read off the module between FuseOps and FuseTIR."""
+def kernel_layers(mod: tvm.IRModule, net) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """{kernel name: [layer names it computes]} and {kernel name: launches per run}, read off
+    the module between FuseOps and FuseTIR.
+
+    Before fusion, main calls one PrimFunc per computing layer, in layer order (a PrimFunc may
+    serve several layers of the same shape); fusion groups those calls into kernels.
+    """
+    queues: dict[str, list[str]] = {}
+    computing = [layer.name for layer in net.layers if LOWER[layer.kind] is not None]
+    for target, layer in zip(_call_tir_targets(mod["main"]), computing):
+        queues.setdefault(target, []).append(layer)
     grouped = tvm.transform.Sequential([relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps()])(mod)
-    kernels = {}
-    for gv, func in grouped.functions_items():
-        if isinstance(func, relax.Function):
-            calls = _call_tir_targets(func)
-            if func.attrs is not None and "Primitive" in func.attrs:
-                kernels[gv.name_hint] = calls
-            else:
-                for name in calls:
-                    if isinstance(grouped[name], tvm.tirx.PrimFunc):
-                        kernels.setdefault(name, [name])
-    return kernels
+    kernels, launches = {}, {}
+    for kernel, targets in _call_tir_targets(grouped["main"], calls_of=grouped):
+        kernels.setdefault(kernel, []).extend(queues[t].pop(0) for t in targets if queues.get(t))
+        launches[kernel] = launches.get(kernel, 0) + 1
+    return kernels, launches
 
 
-def _call_tir_targets(func) -> list[str]:
-    names = []
+def _call_tir_targets(func, calls_of=None) -> list:
+    """The PrimFuncs a function calls, in order. With `calls_of` (the module): (kernel, [PrimFuncs])
+    per call, where a call of a fused function lists the PrimFuncs fused into it."""
+    found = []
     for block in func.body.blocks:
         for binding in block.bindings:
             value = binding.value
-            if isinstance(value, relax.Call) and getattr(value.op, "name", "") == "relax.call_tir":
-                names.append(value.args[0].name_hint)
-    return names
+            if not isinstance(value, relax.Call):
+                continue
+            if getattr(value.op, "name", "") == "relax.call_tir":
+                name = value.args[0].name_hint
+                found.append(name if calls_of is None else (name, [name]))
+            elif calls_of is not None and isinstance(value.op, relax.GlobalVar):
+                found.append((value.op.name_hint, _call_tir_targets(calls_of[value.op])))
+    return found
 
 
 def prim_funcs(mod: tvm.IRModule) -> dict[str, tvm.tirx.PrimFunc]:
@@ -147,6 +158,7 @@ def _with_meta(mod: tvm.IRModule, meta: dict) -> tvm.IRModule:
 @dataclass
 class BuildReport:
     kernels: dict[str, list[str]]               # kernel -> layers
+    launches: dict[str, int] = field(default_factory=dict)     # kernel -> launches per run
     tuned: list[str] = field(default_factory=list)
     untuned: list[str] = field(default_factory=list)
     records: list[str] = field(default_factory=list)
@@ -154,8 +166,10 @@ class BuildReport:
 
     def describe(self, net) -> str:
         computing = [layer for layer in net.layers if LOWER[layer.kind] is not None]
-        lines = [f"{len(self.kernels)} kernels for {len(net.layers)} layers "
-                 f"({len(computing) - len(self.kernels)} fused away), built in {self.seconds:.2f} s"]
+        launches = sum(self.launches.values())
+        fused = len(computing) - launches
+        lines = [f"{launches} kernel launches for {len(net.layers)} layers ({len(self.kernels)} distinct kernels; "
+                 f"{fused} layers fused into their producers; dropout is free), built in {self.seconds:.2f} s"]
         if self.records:
             lines.append(f"tuning records: {', '.join(self.records)}")
             lines.append(f"tuned: {len(self.tuned)} kernels; untuned (default schedule): {len(self.untuned)}"
@@ -203,7 +217,7 @@ def lower_network(net, info: TargetInfo, batch: int, params=None, bind=None, rec
     if bind:
         mod = relax.transform.BindParams("main", {k: tvm.runtime.tensor(np.ascontiguousarray(v, dtype=dtype))
                                                   for k, v in checked.items()})(mod)
-    report = BuildReport(kernel_layers(mod))
+    report = BuildReport(*kernel_layers(mod, net))
     fused = _apply_records(fuse(mod), info, records, batch, report)
     if info.kind == "cuda":
         fused = _gpu_default_schedule(fused, info.target)

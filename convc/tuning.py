@@ -335,7 +335,7 @@ def tune(net, target: str = "llvm", trials: int = 200, batch: int = 1, records=N
     _atomic_write(target_file, json.dumps({"target": info.name, "config": str(info.target)}, indent=1))
 
     mod = relax_module(net, batch)
-    layers_of = kernel_layers(mod)
+    layers_of, _ = kernel_layers(mod, net)
     fused = fuse(mod)
     funcs = prim_funcs(fused)
     tasks = {t.task_name: t for t in ms.relax_integration.extract_tasks(fused, info.target)}

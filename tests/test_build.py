@@ -193,7 +193,7 @@ def test_cli_build_run_check_emit(small_files):
     d, net = small_files
     done = convc_cli("build", d / "small.conv", "-o", d / "small.so", "--no-records")
     assert done.returncode == 0, done.stderr
-    assert "kernels for 6 layers" in done.stdout
+    assert "kernel launches for 6 layers" in done.stdout
     done = convc_cli("run", d / "small.so", "--input", d / "x.npy", "--params", d / "p.npz", "-o", d / "y.npy")
     assert done.returncode == 0, done.stderr
     want = convc.oracle.run(net, np.load(d / "x.npy"), dict(np.load(d / "p.npz")))
