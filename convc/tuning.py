@@ -263,19 +263,6 @@ def _ms(seconds):
     return f"{seconds * 1e3:.3f}" if seconds else "-"
 
 
-def _share_trials(kernels: list[KernelResult], trials: int, per_kernel: int | None, per_iter: int) -> dict:
-    """Trials for each kernel in proportion to its share of the untuned run time."""
-    costs = {k.name: (k.untuned or 1e-6) * k.weight for k in kernels}
-    total = sum(costs.values())
-    budget = {}
-    for k in kernels:
-        n = int(round(trials * costs[k.name] / total))
-        n = min(n, per_kernel) if per_kernel else n
-        if n > 0:
-            budget[k.name] = n
-    return budget
-
-
 def _progress_callback(bar, state):
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
@@ -283,7 +270,7 @@ def _progress_callback(bar, state):
     @derived_object
     class Progress(PyMeasureCallback):
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
-            kernel = state["current"]
+            kernel = state["kernels"][task_id]
             for built, ran in zip(builder_results, runner_results):
                 kernel.trials += 1
                 error = built.error_msg or ran.error_msg
@@ -347,36 +334,32 @@ def tune(net, target: str = "llvm", trials: int = 200, batch: int = 1, records=N
     for name, task in tasks.items():
         untuned = time_kernel(funcs[name], info.target, info.device) if measure_here else None
         kernels.append(KernelResult(name, layers_of.get(name, [name]), int(task.weight), untuned, None))
-    budget = _share_trials(kernels, trials, per_kernel, per_iter)
     builder = ms.builder.LocalBuilder(f_build=cuda_build if info.kind == "cuda" else fast_build,
                                       max_workers=os.cpu_count() or 1, timeout_sec=120)
     state = {"kernels": kernels, "current": None, "history": directory / HISTORY}
     result = TuneResult(directory, info.name, kernels)
-    bar = tqdm(total=sum(budget.values()), desc=f"tuning {net.name}", unit="trial", disable=not progress,
+    bar = tqdm(total=trials, desc=f"tuning {net.name}", unit="trial", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)
     callbacks = [*ms.measure_callback.MeasureCallback.create("default"), _progress_callback(bar, state)]
+    _quiet_metaschedule()
+    contexts, _ = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        list(tasks.values()), str(directory), num_threads=os.cpu_count() or 1, seed=seed)
     try:
-        for kernel in sorted(kernels, key=lambda k: -budget.get(k.name, 0)):
-            if kernel.name not in budget:
-                continue
-            state["current"] = kernel
-            _quiet_metaschedule()
-            contexts, _ = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                [tasks[kernel.name]], str(directory), num_threads=os.cpu_count() or 1, seed=seed)
-            ms.tune_tasks(tasks=contexts, task_weights=[1.0], work_dir=str(directory),
-                          max_trials_global=budget[kernel.name], max_trials_per_task=budget[kernel.name],
-                          num_trials_per_iter=min(per_iter, budget[kernel.name]), builder=builder, runner=runner,
-                          database=db, measure_callbacks=callbacks)
-            _judge(kernel, funcs[kernel.name], db, info, measure_here, verdicts, directory)
-            if kernel.failures and kernel.failures == kernel.trials:
-                bar.write(f"error: every candidate for kernel {kernel.name} failed; first error:\n"
-                          f"{kernel.first_error}")
+        # MetaSchedule's gradient task scheduler gives each round of trials to the kernel whose
+        # share of the network's current (best-so-far) run time promises the largest gain.
+        _quiet_metaschedule()
+        ms.tune_tasks(tasks=contexts, task_weights=[float(k.weight) for k in kernels], work_dir=str(directory),
+                      max_trials_global=trials, max_trials_per_task=per_kernel or trials,
+                      num_trials_per_iter=min(per_iter, trials), builder=builder, runner=runner, database=db,
+                      measure_callbacks=callbacks, task_scheduler="gradient")
     finally:
         bar.close()
         result.seconds = time.time() - started
-    for kernel in kernels:      # what is in the records for kernels this run did not touch
-        if kernel.name not in budget:
-            _judge(kernel, funcs[kernel.name], db, info, measure_here, verdicts, directory)
+    for kernel in kernels:
+        _judge(kernel, funcs[kernel.name], db, info, measure_here, verdicts, directory)
+        if kernel.trials and kernel.failures == kernel.trials:
+            print(f"error: every candidate for kernel {kernel.name} failed; first error:\n{kernel.first_error}",
+                  file=sys.stderr)
     if plot:
         plot_history(directory, plot)
     return result
