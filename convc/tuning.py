@@ -334,6 +334,8 @@ def tune(net, target: str = "llvm", trials: int = 200, batch: int = 1, records=N
     for name, task in tasks.items():
         untuned = time_kernel(funcs[name], info.target, info.device) if measure_here else None
         kernels.append(KernelResult(name, layers_of.get(name, [name]), int(task.weight), untuned, None))
+    # the biggest share of the run time first: the scheduler's warm-up round goes in this order
+    kernels.sort(key=lambda k: -(k.untuned or 0) * k.weight)
     builder = ms.builder.LocalBuilder(f_build=cuda_build if info.kind == "cuda" else fast_build,
                                       max_workers=os.cpu_count() or 1, timeout_sec=120)
     state = {"kernels": kernels, "current": None, "history": directory / HISTORY}
@@ -343,14 +345,14 @@ def tune(net, target: str = "llvm", trials: int = 200, batch: int = 1, records=N
     callbacks = [*ms.measure_callback.MeasureCallback.create("default"), _progress_callback(bar, state)]
     _quiet_metaschedule()
     contexts, _ = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        list(tasks.values()), str(directory), num_threads=os.cpu_count() or 1, seed=seed)
+        [tasks[k.name] for k in kernels], str(directory), num_threads=os.cpu_count() or 1, seed=seed)
     try:
         # MetaSchedule's gradient task scheduler gives each round of trials to the kernel whose
         # share of the network's current (best-so-far) run time promises the largest gain.
         _quiet_metaschedule()
         ms.tune_tasks(tasks=contexts, task_weights=[float(k.weight) for k in kernels], work_dir=str(directory),
                       max_trials_global=trials, max_trials_per_task=per_kernel or trials,
-                      num_trials_per_iter=min(per_iter, trials), builder=builder, runner=runner, database=db,
+                      num_trials_per_iter=max(1, min(per_iter, trials // len(kernels))), builder=builder, runner=runner, database=db,
                       measure_callbacks=callbacks, task_scheduler="gradient")
     finally:
         bar.close()
