@@ -198,7 +198,8 @@ def test_distributed_tuning_through_an_rpc_tracker(net, tmp_path):
               "--port-end", str(tracker_port + 1))
         time.sleep(1.5)
         for _ in range(2):
-            start("tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(_free_port()),
+            port = _free_port()      # the servers' default --port-end (9199) would lie below it
+            start("tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1),
                   "--tracker", f"127.0.0.1:{tracker_port}", "--key", key, "--no-fork")
         _wait_for_servers(tracker_port, key, 2, timeout=60)
         directory = tmp_path / "rpc"
