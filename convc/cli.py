@@ -36,7 +36,7 @@ def _add_batch(p):
 
 
 def _add_records(p):
-    p.add_argument("--records", action="append", default=[], metavar="DIR",
+    p.add_argument("--records", "--tuning-records", action="append", default=[], metavar="DIR",
                    help="tuning records to use besides the shipped ones for this target (repeatable)")
     p.add_argument("--no-records", action="store_true", help="build untuned, ignoring every tuning record")
 
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_info)
 
     p = sub.add_parser("check", help="compile, run and compare every layer with the NumPy oracle")
-    p.add_argument("file")
+    p.add_argument("file", help="a .conv network")
     _add_target(p)
     _add_batch(p)
     _add_records(p)
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_lazy("check", "cmd_check"))
 
     p = sub.add_parser("build", help="compile a network and export a loadable module")
-    p.add_argument("file")
+    p.add_argument("file", help="a .conv network")
     p.add_argument("-o", "--output", required=True, help="the module file to write (.so)")
     _add_target(p)
     _add_batch(p)
@@ -80,14 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a built module")
     p.add_argument("module", help="a module written by `convc build`")
-    p.add_argument("--input", required=True, metavar="NPY", help="input array (N, C, H, W), .npy")
+    p.add_argument("--input", "--inputs", required=True, metavar="NPY", help="input array (N, C, H, W), .npy")
     p.add_argument("--params", metavar="NPZ", help="parameters, unless the module has them bound")
     p.add_argument("-o", "--output", metavar="NPY", help="write the output here (.npy)")
-    p.add_argument("--time", action="store_true", help="print the median latency over repeated runs")
+    p.add_argument("--time", "--print-time", action="store_true", help="print the median latency over repeated runs")
     p.set_defaults(run=_lazy("build", "cmd_run"))
 
     p = sub.add_parser("emit", help="print generated code: CUDA source, LLVM assembly or TIR")
-    p.add_argument("file")
+    p.add_argument("file", help="a .conv network")
     _add_target(p)
     _add_batch(p)
     p.add_argument("--layer", help="only the kernel that computes this layer")
@@ -95,13 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_lazy("build", "cmd_emit"))
 
     p = sub.add_parser("tune", help="auto-tune every kernel with MetaSchedule, resumable")
-    p.add_argument("file")
+    p.add_argument("file", help="a .conv network")
     _add_target(p)
     _add_batch(p)
     p.add_argument("--trials", type=int, default=200, help="total trials over all kernels (default: 200)")
     p.add_argument("--per-kernel", type=int, default=None, metavar="M", help="at most M trials per kernel")
-    p.add_argument("--records", default=None, metavar="DIR", help="records directory (default: schedules/<target>/)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--records", "-o", "--output", default=None, metavar="DIR",
+                   help="records directory, created or resumed (default: schedules/<target>/)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search (default: 0)")
     p.add_argument("--rpc", metavar="HOST:PORT", help="measure on devices registered with this RPC tracker")
     p.add_argument("--key", default=None, help="device key on the RPC tracker")
     p.add_argument("--plot", metavar="PNG", help="draw the tuning curve")
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_lazy("tuning", "cmd_plot"))
 
     p = sub.add_parser("bench", help="per-kernel and whole-network latency against baselines")
-    p.add_argument("file")
+    p.add_argument("file", help="a .conv network")
     _add_target(p)
     _add_batch(p)
     _add_records(p)
