@@ -17,13 +17,13 @@ An array already named as convc names it (NAME.weight, NAME.bias, ...) is taken 
 """
 from __future__ import annotations
 
-import math
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConvcError, Diagnostic
+from ..params import bilinear_kernel as bilinear
 
 
 class _Arrays:
@@ -203,14 +203,7 @@ CONVERTERS = {
 }
 
 
-def bilinear(shape) -> np.ndarray:
-    """Caffe's bilinear filler for a (C, F/G, Kh, Kw) deconv weight (spec section 2)."""
-    kh, kw = shape[-2:]
-    def axis(k):
-        f = math.ceil(k / 2)
-        c = (k - 1) / (2 * f)
-        return 1 - np.abs(np.arange(k) / f - c)
-    return np.broadcast_to(np.outer(axis(kh), axis(kw)), shape).astype(np.float32)
+
 
 
 # ----------------------------------------------------------------------------- entry points
