@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -200,9 +201,21 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def _busy_warning():
+    try:
+        import psutil
+    except ImportError:
+        return
+    load = psutil.cpu_percent(interval=1.0)
+    if load > 20:
+        print(f"warning: the CPU is {load:.0f}% busy with other work; timings will be noisy "
+              "(benchmarks/run.py waits for a quiet machine)", file=sys.stderr)
+
+
 def cmd_bench(args) -> int:
     from . import parse_file
     net = parse_file(args.file)
+    _busy_warning()
     against = tuple(a.strip() for a in args.against.split(",") if a.strip())
     unknown = set(against) - {"torch", "numpy", "untuned"}
     if unknown:

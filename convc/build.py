@@ -154,6 +154,10 @@ def _with_meta(mod: tvm.IRModule, meta: dict) -> tvm.IRModule:
     return mod
 
 
+def _n(count: int, singular: str, plural: str | None = None) -> str:
+    return f"{count} {singular if count == 1 else plural or singular + 's'}"
+
+
 # ----------------------------------------------------------------------------- compile
 @dataclass
 class BuildReport:
@@ -168,11 +172,12 @@ class BuildReport:
         computing = [layer for layer in net.layers if LOWER[layer.kind] is not None]
         launches = sum(self.launches.values())
         fused = len(computing) - launches
-        lines = [f"{launches} kernel launches for {len(net.layers)} layers ({len(self.kernels)} distinct kernels; "
-                 f"{fused} layers fused into their producers; dropout is free), built in {self.seconds:.2f} s"]
+        lines = [f"{_n(launches, 'kernel launch', 'kernel launches')} for {_n(len(net.layers), 'layer')} "
+                 f"({_n(len(self.kernels), 'distinct kernel')}; {_n(fused, 'layer')} fused into their producers; "
+                 f"dropout is free), built in {self.seconds:.2f} s"]
         if self.records:
             lines.append(f"tuning records: {', '.join(self.records)}")
-            lines.append(f"tuned: {len(self.tuned)} kernels; untuned (default schedule): {len(self.untuned)}"
+            lines.append(f"tuned: {_n(len(self.tuned), 'kernel')}; untuned (default schedule): {len(self.untuned)}"
                          + (f" [{', '.join(self.untuned)}]" if self.untuned else ""))
         else:
             lines.append("no tuning records: every kernel uses the default schedule (run `convc tune`)")
@@ -259,7 +264,7 @@ class Module:
         if self._vm is None:
             if self.kind == "cuda" and not tvm.cuda().exist:
                 raise ConvcError("this module runs on CUDA, and this machine has no CUDA device; "
-                                 "export it with m.export(path) and run it where there is one")
+                                 "export it (m.export(path) or convc build -o) and run it where there is one")
             source = self._library if self._library is not None else self.executable
             self._vm = relax.VirtualMachine(source, self.device)
         return self._vm
@@ -268,10 +273,12 @@ class Module:
         args = [self._input(x)]
         if self.bound:
             if params is not None:
-                raise ConvcError("this module was built with its parameters bound; call m(x) without params")
+                raise ConvcError("this module was built with its parameters bound: call m(x) without params "
+                                 "(convc run: leave out --params)")
         else:
             if params is None:
-                raise ConvcError("this module takes its parameters at run time: call m(x, params)",)
+                raise ConvcError("this module takes its parameters at run time: call m(x, params) "
+                                 "(convc run: --params FILE.npz)")
             checked = self.net.check_params(params)
             args += [self._array(checked[name], name) for name in self.net.param_shapes()]
         return args
@@ -400,9 +407,12 @@ def _load_array(path):
 
 
 def _records_arg(args):
+    """--records DIR adds directories, searched before the shipped schedules/<target>/."""
     if getattr(args, "no_records", False):
+        if args.records:
+            raise ConvcError("--no-records and --records contradict each other; give one")
         return None
-    return ["auto", *args.records] if args.records else "auto"
+    return [*args.records, "auto"] if args.records else "auto"
 
 
 def cmd_build(args) -> int:
@@ -437,5 +447,6 @@ def cmd_emit(args) -> int:
     from . import parse_file
     from .emit import emit
     net = parse_file(args.file)
-    print(emit(net, args.target, args.batch, layer=args.layer, tir=args.tir, arch=args.arch))
+    print(emit(net, args.target, args.batch, layer=args.layer, tir=args.tir, arch=args.arch,
+               records=_records_arg(args)))
     return 0

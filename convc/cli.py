@@ -12,6 +12,7 @@ import sys
 from .errors import ConvcError
 
 EXIT_USAGE = 2
+EXIT_INTERNAL = 3
 
 
 def _net(path):
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_batch(p)
     p.add_argument("--layer", help="only the kernel that computes this layer")
     p.add_argument("--tir", action="store_true", help="print TensorIR instead of target code")
+    _add_records(p)
     p.set_defaults(run=_lazy("build", "cmd_emit"))
 
     p = sub.add_parser("tune", help="auto-tune every kernel with MetaSchedule, resumable")
@@ -145,6 +147,13 @@ def main(argv=None) -> int:
     except BrokenPipeError:   # `convc info net.conv | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as err:  # a bug in convc or TVM, not the user's mistake: exit 3, not 1 (mismatch)
+        if os.environ.get("CONVC_DEBUG"):
+            raise
+        print(f"internal error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}\n"
+              "help: this is a bug in convc or TVM; rerun with CONVC_DEBUG=1 for the traceback and report it",
+              file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ def kernel_of(report, net, layer_name: str) -> str:
 
 
 def emit(net, target: str = "llvm", batch: int = 1, layer: str | None = None, tir: bool = False,
-         arch: str | None = None) -> str:
+         arch: str | None = None, records="auto") -> str:
     info = make_target(target, arch)
-    fused, report, _ = lower_network(net, info, batch, records="auto")
+    fused, report, _ = lower_network(net, info, batch, records=records)
     kernel = kernel_of(report, net, layer) if layer else None
     if tir:
         funcs = prim_funcs(fused)
@@ -45,7 +45,8 @@ def _cuda_function(source: str, kernel: str) -> str:
     """The __global__ functions generated for one kernel (a kernel may launch several)."""
     starts = [m.start() for m in re.finditer(r'extern "C" __global__', source)]
     chunks = [source[a:b] for a, b in zip(starts, starts[1:] + [len(source)])]
-    picked = [c for c in chunks if re.search(rf"\b{re.escape(kernel)}(_kernel\w*)?\(", c.split("{", 1)[0])]
+    picked = [c for c in chunks if re.search(rf"\b{re.escape(kernel)}(_kernel\w*)?\(", c.split("{", 1)[0])
+              and not c.split("{", 1)[0].rstrip().endswith(";")]      # definitions, not declarations
     return "\n".join(picked) or source
 
 

@@ -22,7 +22,17 @@ import numpy as np
 
 from .errors import ConvcError, file_error
 
-SCHEDULES = Path(__file__).resolve().parent.parent / "schedules"
+def _schedules_root() -> Path:
+    """schedules/ of a source checkout (shipped records); for an installed wheel, a user cache."""
+    if os.environ.get("CONVC_SCHEDULES"):
+        return Path(os.environ["CONVC_SCHEDULES"])
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").exists():
+        return checkout / "schedules"
+    return Path.home() / ".cache" / "convc" / "schedules"
+
+
+SCHEDULES = _schedules_root()
 WORKLOADS, RECORDS, VERDICTS, HISTORY = ("database_workload.json", "database_tuning_record.json",
                                          "kernels.json", "history.jsonl")
 KEEP_MARGIN = 0.97     # a tuned kernel must be at least 3% faster than its untuned build to be kept
@@ -61,29 +71,45 @@ def _valid_lines(path: Path, check) -> tuple[list[str], bool]:
     return kept, dropped
 
 
-def repair(directory: Path) -> bool:
-    """Drop torn or dangling lines (a run killed mid-write); True if something was dropped."""
+def _checked_lines(directory: Path):
     workloads, bad_w = _valid_lines(directory / WORKLOADS, lambda v: isinstance(v, list) and len(v) == 2)
     records, bad_r = _valid_lines(directory / RECORDS,
                                   lambda v: isinstance(v, list) and isinstance(v[0], int) and v[0] < len(workloads))
-    if bad_w or bad_r:
+    return workloads, records, bad_w or bad_r
+
+
+def repair(directory: Path) -> bool:
+    """Drop torn or dangling lines (a run killed mid-write); True if something was dropped."""
+    workloads, records, bad = _checked_lines(directory)
+    if bad:
         _atomic_write(directory / WORKLOADS, "".join(line + "\n" for line in workloads))
         _atomic_write(directory / RECORDS, "".join(line + "\n" for line in records))
-    return bad_w or bad_r
+    return bad
 
 
 def _atomic_write(path: Path, text: str):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
-def open_database(directory: Path):
+def open_database(directory: Path, write: bool = True):
+    """The records of a directory. Tuning (write) repairs a torn line in place; a build only
+    reads, from a repaired copy, so it never rewrites files a running tune appends to."""
     from tvm.s_tir import meta_schedule as ms
-    directory.mkdir(parents=True, exist_ok=True)
-    repair(directory)
-    return ms.database.JSONDatabase(work_dir=str(directory))
+    if write:
+        directory.mkdir(parents=True, exist_ok=True)
+        repair(directory)
+        return ms.database.JSONDatabase(work_dir=str(directory))
+    workloads, records, bad = _checked_lines(directory)
+    if not bad:
+        return ms.database.JSONDatabase(work_dir=str(directory), allow_missing=False)
+    with tempfile.TemporaryDirectory(prefix="convc-records-") as copy:   # the database loads it all now
+        (Path(copy) / WORKLOADS).write_text("".join(line + "\n" for line in workloads))
+        (Path(copy) / RECORDS).write_text("".join(line + "\n" for line in records))
+        return ms.database.JSONDatabase(work_dir=copy, allow_missing=False)
 
 
 def load_verdicts(directory: Path) -> dict:
@@ -106,7 +132,7 @@ def apply_records(fused, info, records, batch, report):
     from .build import prim_funcs
     dirs = record_dirs(info, records, batch)
     report.records = [str(d) for d in dirs]
-    sources = [(open_database(d), load_verdicts(d)) for d in dirs]
+    sources = [(open_database(d, write=False), load_verdicts(d)) for d in dirs]
     for name, func in prim_funcs(fused).items():
         mod, key = workload_key(func)
         tuned = None
@@ -230,6 +256,7 @@ class KernelResult:
     failures: int = 0
     first_error: str | None = None
     keep: bool = False
+    prior: int = 0                  # trials of earlier runs (records are resumed)
 
     @property
     def best(self):
@@ -251,6 +278,11 @@ class TuneResult:
                          str(k.failures), "tuned" if k.keep else "untuned"))
         before = sum((k.untuned or 0) * k.weight for k in self.kernels)
         after = sum((k.best or 0) * k.weight for k in self.kernels)
+        if not before:      # measured remotely: the untuned builds were not timed
+            lines.append(f"network (sum of tuned kernels, measured remotely): {after * 1e3:.3f} ms; "
+                         f"tuning took {self.seconds:.0f} s")
+            lines.append(f"records: {self.records}")
+            return "\n".join(lines)
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
         lines.append(f"network (sum of kernels): untuned {before * 1e3:.3f} ms -> {after * 1e3:.3f} ms"
@@ -285,7 +317,7 @@ def _progress_callback(bar, state):
             bar.update(len(runner_results))
             bar.set_postfix_str(f"{kernel.name}: best {_ms(kernel.tuned)} ms, net ~{network * 1e3:.2f} ms")
             with open(state["history"], "a") as f:
-                f.write(json.dumps({"kernel": kernel.name, "trials": kernel.trials, "best_s": kernel.tuned,
+                f.write(json.dumps({"kernel": kernel.name, "trials": kernel.prior + kernel.trials, "best_s": kernel.tuned,
                                     "untuned_s": kernel.untuned, "network_s": network, "t": time.time()}) + "\n")
 
     return Progress()
@@ -333,7 +365,8 @@ def tune(net, target: str = "llvm", trials: int = 200, batch: int = 1, records=N
     kernels = []
     for name, task in tasks.items():
         untuned = time_kernel(funcs[name], info.target, info.device) if measure_here else None
-        kernels.append(KernelResult(name, layers_of.get(name, [name]), int(task.weight), untuned, None))
+        prior = verdicts.get(workload_key(funcs[name])[1], {}).get("trials", 0)
+        kernels.append(KernelResult(name, layers_of.get(name, [name]), int(task.weight), untuned, None, prior=prior))
     # the biggest share of the run time first: the scheduler's warm-up round goes in this order
     kernels.sort(key=lambda k: -(k.untuned or 0) * k.weight)
     builder = ms.builder.LocalBuilder(f_build=cuda_build if info.kind == "cuda" else fast_build,
