@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import oracle
-from .baselines import TorchNet, flops, median, numpy_sgemm_peak
+from .baselines import TorchNet, flops, measured_peak, median
 from .build import _records_arg, compile, lower_network, make_target, prim_funcs
 
 
@@ -41,6 +41,7 @@ class BenchResult:
     target: str
     batch: int
     peak_gflops: float | None
+    peak_source: str | None
     convc_ms: float
     baselines_ms: dict = field(default_factory=dict)
     kernels: list[KernelBench] = field(default_factory=list)
@@ -54,7 +55,8 @@ class BenchResult:
         return ms / self.convc_ms if ms else None
 
     def table(self) -> str:
-        peak = f"{self.peak_gflops:.0f} GFLOP/s (numpy sgemm, measured now)" if self.peak_gflops else "n/a"
+        peak = (f"{self.peak_gflops:.0f} GFLOP/s ({self.peak_source} 2048³, measured now)" if self.peak_gflops
+                else "n/a")
         lines = [f"{self.network}, batch {self.batch}, target {self.target}; FP32 peak {peak}",
                  f"kernels: {self.tuned} tuned, {self.untuned} untuned (default schedule)"]
         rows = [("kernel", "layers", "convc ms", "GFLOP/s", "% peak", "torch ms", "vs torch")]
@@ -132,7 +134,7 @@ def bench(net, target: str = "llvm", batch: int = 1, records="auto", against=("t
     params = net.init_params(seed)
     x = np.random.default_rng(seed).standard_normal((batch, *net.input_shape)).astype(np.float32)
     info = make_target(target, arch)
-    peak = numpy_sgemm_peak() if target == "llvm" else None
+    peak, peak_source = measured_peak() if target == "llvm" else (None, None)
     started = time.perf_counter()
     reference = oracle.run(net, x, params)
     numpy_ms = (time.perf_counter() - started) * 1e3      # one run: the oracle is the slow baseline
@@ -140,7 +142,7 @@ def bench(net, target: str = "llvm", batch: int = 1, records="auto", against=("t
     module = compile(net, target, batch, params=params, records=records, arch=arch)
     y = module(x)
     convc_ms = median(module.time(x, repeat=repeat)) * 1e3
-    result = BenchResult(net.name, info.name, batch, peak, convc_ms, errors={"convc": _relative(y, reference)},
+    result = BenchResult(net.name, info.name, batch, peak, peak_source, convc_ms, errors={"convc": _relative(y, reference)},
                          tuned=len(module.report.tuned), untuned=len(module.report.untuned), versions=_versions())
 
     fused, report, _ = lower_network(net, info, batch, records=records)
