@@ -152,7 +152,8 @@ def bench(net, target: str = "llvm", batch: int = 1, records="auto", against=("t
         layers = report.kernels.get(name, [name])
         launches = report.launches.get(name, 1)      # a kernel shared by layers of one shape runs once each
         seconds = launches * time_kernel(func, info.target, info.device, repeat=max(3, repeat // 3))
-        gflops = flops(net, layers) / seconds / 1e9 if flops(net, layers) else None
+        work = batch * flops(net, layers)               # flops() counts one image
+        gflops = work / seconds / 1e9 if work else None
         result.kernels.append(KernelBench(name, layers, name in report.tuned, seconds * 1e3, gflops,
                                           100 * gflops / peak if gflops and peak else None, launches=launches))
 
