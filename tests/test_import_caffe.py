@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import convc
 from convc import importers
 
-DATA = Path("/work/shared/testdata/caffe")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "caffe"   # shared/ beside the checkout
 FILES = sorted(DATA.glob("*.prototxt"))
 
 

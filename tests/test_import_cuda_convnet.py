@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import convc
 from convc import importers
 
-DATA = Path("/work/shared/testdata/cuda-convnet")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "cuda-convnet"   # shared/ beside the checkout
 NETS = {"18pct": (3, 32, 32), "80sec": (3, 32, 32), "conv-local-11pct": (3, 24, 24)}
 
 
