@@ -64,7 +64,7 @@ def markdown(results: dict, machine: dict, command: str, quiet: tuple[bool, floa
              f"- date: {machine['date']}", f"- machine: {machine['cpu']}, {machine['cores']} cores; target "
              f"{machine['target']}", f"- versions: convc {convc.__version__}, TVM {machine['tvm']}, PyTorch "
              f"{machine.get('torch', 'n/a')}, NumPy {machine['numpy']}, Python {machine['python']}",
-             f"- FP32 peak measured in each run (the faster of NumPy's and PyTorch's float32 2048³ matrix "
+             "- FP32 peak measured in each run (the faster of NumPy's and PyTorch's float32 2048³ matrix "
              "product; a practical reference, not the hardware limit): "
              + ", ".join(f"{r.peak_gflops:.0f}" for r in results.values() if r.peak_gflops) + " GFLOP/s",
              f"- command: `{command}`",

@@ -278,15 +278,14 @@ class TuneResult:
                          str(k.failures), "tuned" if k.keep else "untuned"))
         before = sum((k.untuned or 0) * k.weight for k in self.kernels)
         after = sum((k.best or 0) * k.weight for k in self.kernels)
-        if not before:      # measured remotely: the untuned builds were not timed
-            lines.append(f"network (sum of tuned kernels, measured remotely): {after * 1e3:.3f} ms; "
-                         f"tuning took {self.seconds:.0f} s")
-            lines.append(f"records: {self.records}")
-            return "\n".join(lines)
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-        lines.append(f"network (sum of kernels): untuned {before * 1e3:.3f} ms -> {after * 1e3:.3f} ms"
-                     + (f" ({before / after:.2f}x)" if after else "") + f"; tuning took {self.seconds:.0f} s")
+        if before:
+            lines.append(f"network (sum of kernels): untuned {before * 1e3:.3f} ms -> {after * 1e3:.3f} ms"
+                         + (f" ({before / after:.2f}x)" if after else "") + f"; tuning took {self.seconds:.0f} s")
+        else:               # measured remotely: the untuned builds were not timed
+            lines.append(f"network (sum of tuned kernels, measured remotely): {after * 1e3:.3f} ms; "
+                         f"tuning took {self.seconds:.0f} s")
         lines.append(f"records: {self.records}")
         return "\n".join(lines)
 
@@ -333,7 +332,6 @@ def tune(net, target: str = "llvm", trials: int = 200, batch: int = 1, records=N
          seed: int = 0, rpc: str | None = None, key: str | None = None, arch: str | None = None,
          progress: bool = True, plot: str | None = None, per_iter: int = 16) -> TuneResult:
     """Tune every fused kernel of `net`; records go to `records` (default schedules/<target>/)."""
-    import tvm
     from tqdm import tqdm
     from tvm.s_tir import meta_schedule as ms
 

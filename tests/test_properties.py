@@ -5,7 +5,6 @@ valid, checks that convc agrees, and compares the oracle with PyTorch or with di
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 from hypothesis import HealthCheck, assume, given, settings, strategies as st

@@ -213,6 +213,7 @@ def test_distributed_tuning_through_an_rpc_tracker(net, tmp_path):
         (kernel,) = result.kernels
         assert kernel.failures < kernel.trials, kernel.first_error
         assert kernel.tuned and kernel.tuned < 1.0
+        assert "measured remotely" in result.table() and "c1" in result.table()
     finally:
         for proc in procs:
             try:
