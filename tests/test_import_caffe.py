@@ -13,7 +13,9 @@ import torch.nn.functional as F
 import convc
 from convc import importers
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "caffe"   # shared/ beside the checkout
+DATA = next((d for d in (Path(__file__).resolve().parents[2] / "shared" / "testdata" / "caffe",  # beside the checkout
+                          Path("/work/shared/testdata/caffe")) if d.is_dir()),
+            Path(__file__).resolve().parents[2] / "shared" / "testdata" / "caffe")
 FILES = sorted(DATA.glob("*.prototxt"))
 
 

@@ -16,7 +16,9 @@ import torch.nn.functional as F
 import convc
 from convc import importers
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "cuda-convnet"   # shared/ beside the checkout
+DATA = next((d for d in (Path(__file__).resolve().parents[2] / "shared" / "testdata" / "cuda-convnet",  # beside the checkout
+                          Path("/work/shared/testdata/cuda-convnet")) if d.is_dir()),
+            Path(__file__).resolve().parents[2] / "shared" / "testdata" / "cuda-convnet")
 NETS = {"18pct": (3, 32, 32), "80sec": (3, 32, 32), "conv-local-11pct": (3, 24, 24)}
 
 
