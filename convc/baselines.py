@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 import os
 
+from .layers import ceil_extra
+
 
 def _torch():
     import torch
@@ -18,12 +20,7 @@ def _torch():
 def _ceil_pad(layer, x, value=0.0):
     """Pad top/left by pad, bottom/right by pad plus what round=ceil needs (cuda-convnet)."""
     torch, F = _torch()
-    a = layer.attrs
-    dilation = a.get("dilation", (1, 1))
-    extra = []
-    for o, s, k, d, n, p in zip(layer.out_shape[1:], a["stride"], a["size"], dilation, x.shape[2:], a["pad"]):
-        extra.append(max(0, (o - 1) * s + d * (k - 1) + 1 - n - 2 * p))
-    (ph, pw), (eh, ew) = a["pad"], extra
+    (ph, pw), (eh, ew) = layer.attrs["pad"], ceil_extra(layer)
     return F.pad(x, (pw, pw + ew, ph, ph + eh), value=value)
 
 

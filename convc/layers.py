@@ -216,6 +216,17 @@ def _sliding_out(n, k_extent, s, p, rounding):
     return (span // s if rounding == "floor" else -(-span // s)) + 1
 
 
+def ceil_extra(layer) -> tuple[int, int]:
+    """Rows and columns past `pad` on the bottom/right that the last window reads (round=ceil:
+    cuda-convnet's taps past the edge read zeros). Shared by the oracle, the TE lowering and
+    the PyTorch baseline, so the three pad alike."""
+    a = layer.attrs
+    dilation = a.get("dilation", (1, 1))
+    return tuple(max(0, (o - 1) * s + d * (k - 1) + 1 - n - 2 * p)
+                 for o, s, k, d, n, p in zip(layer.out_shape[1:], a["stride"], a["size"], dilation,
+                                             layer.in_shapes[0][1:], a["pad"]))
+
+
 def conv_like_shape(layer, dilated=True):
     c, h, w = _image(layer)
     _check_groups(layer, c)

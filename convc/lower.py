@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from tvm import te, tirx, topi
 
+from .layers import ceil_extra
+
 
 # ----------------------------------------------------------------------------- activations
 def _const(x, value):
@@ -66,17 +68,8 @@ def _pad(x, pad, extra, name, value=0.0):
         name=name + "_pad", tag="injective,pad")
 
 
-def _extra(layer, extent, size_hw):
-    """Rows/cols to pad past `pad` on the bottom/right so the last window fits (ceil mode)."""
-    a = layer.attrs
-    return tuple(max(0, (o - 1) * s + e - n - 2 * p)
-                 for o, s, e, n, p in zip(layer.out_shape[1:], a["stride"], extent, size_hw, a["pad"]))
-
-
-def _windowed_input(layer, x, dilation):
-    a = layer.attrs
-    extent = tuple(d * (k - 1) + 1 for k, d in zip(a["size"], dilation))
-    return _pad(x, a["pad"], _extra(layer, extent, layer.in_shapes[0][1:]), layer.name)
+def _windowed_input(layer, x):
+    return _pad(x, layer.attrs["pad"], ceil_extra(layer), layer.name)
 
 
 # ----------------------------------------------------------------------------- layers
@@ -86,7 +79,7 @@ def conv(layer, inputs, params):
     f, oh, ow = layer.out_shape
     cg, fg = layer.in_shapes[0][0] // a["groups"], f // a["groups"]
     (sh, sw), (dh, dw) = a["stride"], a["dilation"]
-    xp = _windowed_input(layer, x, a["dilation"])
+    xp = _windowed_input(layer, x)
     rc = te.reduce_axis((0, cg), "rc")
     ry = te.reduce_axis((0, a["size"][0]), "ry")
     rx = te.reduce_axis((0, a["size"][1]), "rx")
@@ -107,7 +100,7 @@ def local(layer, inputs, params):
     f, oh, ow = layer.out_shape
     cg, fg = layer.in_shapes[0][0] // a["groups"], f // a["groups"]
     sh, sw = a["stride"]
-    xp = _windowed_input(layer, x, (1, 1))
+    xp = _windowed_input(layer, x)
     rc = te.reduce_axis((0, cg), "rc")
     ry = te.reduce_axis((0, a["size"][0]), "ry")
     rx = te.reduce_axis((0, a["size"][1]), "rx")
@@ -175,7 +168,7 @@ def pool(layer, inputs, params):
     (kh, kw), (sh, sw) = a["size"], a["stride"]
     is_max = a["mode"] == "max"
     fill = float(te.min_value(x.dtype).value) if is_max else 0.0
-    xp = _pad(x, a["pad"], _extra(layer, a["size"], layer.in_shapes[0][1:]), layer.name, fill)
+    xp = _pad(x, a["pad"], ceil_extra(layer), layer.name, fill)
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
     reducer = te.max if is_max else te.sum

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .layers import ceil_extra
+
 
 # ----------------------------------------------------------------------------- activations
 ACTIVATIONS = {
@@ -32,17 +34,10 @@ def apply_activation(act, x):
 
 
 # ----------------------------------------------------------------------------- helpers
-def _padded(x, pad, out_hw, extent, stride, value=0.0):
-    """Pad top/left by `pad`; bottom/right by `pad` or more, so the last window fits.
-
-    With round=ceil the extra rows and columns are past the bottom/right edge only
-    (cuda-convnet); with round=floor the last window may end before the padded edge.
-    """
-    (ph, pw), (oh, ow), (eh, ew), (sh, sw) = pad, out_hw, extent, stride
-    h, w = x.shape[2:]
-    bottom = max(ph, (oh - 1) * sh + eh - h - ph)
-    right = max(pw, (ow - 1) * sw + ew - w - pw)
-    return np.pad(x, ((0, 0), (0, 0), (ph, bottom), (pw, right)), constant_values=value)
+def _padded(layer, x, value=0.0):
+    """Pad top/left by `pad`; bottom/right by `pad` plus what round=ceil needs (ceil_extra)."""
+    (ph, pw), (eh, ew) = layer.attrs["pad"], ceil_extra(layer)
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph + eh), (pw, pw + ew)), constant_values=value)
 
 
 def _tap(xp, i, j, layer, dilation=(1, 1)):
@@ -57,20 +52,16 @@ def _grouped(x, groups):
     return x.reshape(n, groups, c // groups, -1)      # (N, G, C/G, pixels)
 
 
-def _extent(layer, dilation):
-    return tuple(d * (k - 1) + 1 for k, d in zip(layer.attrs["size"], dilation))
-
-
 def _bias(y, params, shape):
     return y + params["bias"].reshape(shape) if "bias" in params else y
 
 
 # ----------------------------------------------------------------------------- layers
-def conv(layer, inputs, params, dilation=None):
+def conv(layer, inputs, params):
     x, a = inputs[0], layer.attrs
-    dilation = dilation or a["dilation"]
+    dilation = a["dilation"]
     g, (f, oh, ow), n = a["groups"], layer.out_shape, x.shape[0]
-    xp = _padded(x, a["pad"], (oh, ow), _extent(layer, dilation), a["stride"])
+    xp = _padded(layer, x)
     w = params["weight"].reshape(g, f // g, -1, *a["size"])           # (G, F/G, C/G, Kh, Kw)
     out = np.zeros((n, g, f // g, oh * ow))
     for i in range(a["size"][0]):
@@ -83,7 +74,7 @@ def local(layer, inputs, params):
     """Like conv, but output position (y, x) has its own weights W[f, y, x, c, i, j]."""
     x, a = inputs[0], layer.attrs
     g, (f, oh, ow), n = a["groups"], layer.out_shape, x.shape[0]
-    xp = _padded(x, a["pad"], (oh, ow), a["size"], a["stride"])
+    xp = _padded(layer, x)
     w = params["weight"].reshape(g, f // g, oh, ow, -1, *a["size"])   # (G, F/G, H', W', C/G, Kh, Kw)
     out = np.zeros((n, g, f // g, oh, ow))
     for i in range(a["size"][0]):
@@ -128,7 +119,7 @@ def pool(layer, inputs, params):
     x, a = inputs[0], layer.attrs
     oh, ow = layer.out_shape[1:]
     is_max = a["mode"] == "max"
-    xp = _padded(x, a["pad"], (oh, ow), a["size"], a["stride"], -np.inf if is_max else 0.0)
+    xp = _padded(layer, x, -np.inf if is_max else 0.0)
     (sh, sw), (kh, kw) = a["stride"], a["size"]
     windows = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, : (oh - 1) * sh + 1: sh, : (ow - 1) * sw + 1: sw]
     if is_max:
