@@ -39,7 +39,7 @@ KEEP_MARGIN = 0.97     # a tuned kernel must be at least 3% faster than its untu
 
 
 # ----------------------------------------------------------------------------- records on disk
-def record_dirs(info, records, batch=None) -> list[Path]:
+def record_dirs(info, records) -> list[Path]:
     """The records directories a build uses. "auto" is schedules/<target>/, shipped with convc."""
     if records is None:
         return []
@@ -130,7 +130,7 @@ def workload_key(func) -> tuple:
 def apply_records(fused, info, records, batch, report):
     """Replace every kernel that has a kept record by its tuned schedule; report the rest."""
     from .build import prim_funcs
-    dirs = record_dirs(info, records, batch)
+    dirs = record_dirs(info, records)
     report.records = [str(d) for d in dirs]
     sources = [(open_database(d, write=False), load_verdicts(d)) for d in dirs]
     for name, func in prim_funcs(fused).items():
