@@ -21,6 +21,7 @@ from tvm import relax
 
 from .errors import ConvcError, file_error
 from .lower import LOWER
+from .schedule import apply_default_schedules
 
 META_FUNCTION = "convc_meta"
 ALIGNMENT = 64          # AVX-512 code reads inputs with aligned loads: a plain numpy array is 16-aligned
@@ -136,15 +137,6 @@ def prim_funcs(mod: tvm.IRModule) -> dict[str, tvm.tirx.PrimFunc]:
     return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
 
 
-def _gpu_default_schedule(mod, target):
-    from tvm.s_tir import dlight as dl
-    # GeneralReduction before Reduction: Reduction takes grouped convs and emits a schedule that
-    # LowerCrossThreadReduction rejects (TVM 0.27).
-    with target:
-        return dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.GeneralReduction(),
-                                       dl.gpu.Reduction(), dl.gpu.Fallback())(mod)
-
-
 def _with_meta(mod: tvm.IRModule, meta: dict) -> tvm.IRModule:
     bb = relax.BlockBuilder()
     with bb.function(META_FUNCTION, []):
@@ -165,6 +157,7 @@ class BuildReport:
     launches: dict[str, int] = field(default_factory=dict)     # kernel -> launches per run
     tuned: list[str] = field(default_factory=list)
     untuned: list[str] = field(default_factory=list)
+    rules: dict[str, str] = field(default_factory=dict)         # untuned kernel -> default rule name
     records: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -181,6 +174,8 @@ class BuildReport:
                          + (f" [{', '.join(self.untuned)}]" if self.untuned else ""))
         else:
             lines.append("no tuning records: every kernel uses the default schedule (run `convc tune`)")
+        lines += [f"  {kernel:<24} {'tuned' if kernel in self.tuned else 'default ' + self.rules.get(kernel, 'none')}"
+                  f"  ({', '.join(layers)})" for kernel, layers in self.kernels.items()]
         return "\n".join(lines)
 
 
@@ -224,8 +219,7 @@ def lower_network(net, info: TargetInfo, batch: int, params=None, bind=None, rec
                                                   for k, v in checked.items()})(mod)
     report = BuildReport(*kernel_layers(mod, net))
     fused = _apply_records(fuse(mod), info, records, batch, report)
-    if info.kind == "cuda":
-        fused = _gpu_default_schedule(fused, info.target)
+    fused, report.rules = apply_default_schedules(fused, info.target, skip=set(report.tuned))
     meta = {"convc": 1, "network": net.text, "filename": net.filename, "batch": batch, "target": info.name,
             "target_kind": info.kind, "dtype": dtype, "bound": bool(bind), "all_outputs": all_outputs,
             "params": {k: list(v) for k, v in net.param_shapes().items()}}
