@@ -220,10 +220,19 @@ def lower_network(net, info: TargetInfo, batch: int, params=None, bind=None, rec
     report = BuildReport(*kernel_layers(mod, net))
     fused = _apply_records(fuse(mod), info, records, batch, report)
     fused, report.rules = apply_default_schedules(fused, info.target, skip=set(report.tuned))
+    fused = split_weight_packing(fused, bind)
     meta = {"convc": 1, "network": net.text, "filename": net.filename, "batch": batch, "target": info.name,
             "target_kind": info.kind, "dtype": dtype, "bound": bool(bind), "all_outputs": all_outputs,
             "params": {k: list(v) for k, v in net.param_shapes().items()}}
     return _with_meta(fused, meta), report, meta
+
+
+def split_weight_packing(mod: tvm.IRModule, bound: bool) -> tvm.IRModule:
+    """Schedules that re-lay weights out (OIHW -> OIHW16o) mark that copy as a layout-rewrite
+    block; it becomes its own kernel, which FoldConstant runs once at build time when the
+    weights are bound. Weights passed per call are packed by that kernel inside the module."""
+    mod = relax.transform.SplitLayoutRewritePreproc()(mod)
+    return relax.transform.FoldConstant()(mod) if bound else mod
 
 
 def _apply_records(fused, info, records, batch, report):
