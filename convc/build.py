@@ -137,6 +137,18 @@ def prim_funcs(mod: tvm.IRModule) -> dict[str, tvm.tirx.PrimFunc]:
     return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
 
 
+PACKED, PACKING = "_prepacked", "_prepack"     # SplitLayoutRewritePreproc's function-name suffixes
+
+
+def kernel_functions(mod: tvm.IRModule) -> dict[str, tvm.tirx.PrimFunc]:
+    """The compute kernels by kernel name: `<kernel>_prepacked` (a kernel whose weights were
+    re-laid out) is <kernel>; the weight-packing functions `<param>_prepack` are left out: with
+    bound weights they are folded at build time, otherwise they run once per call."""
+    funcs = prim_funcs(mod)
+    return {(name[:-len(PACKED)] if name.endswith(PACKED) else name): f for name, f in funcs.items()
+            if not name.endswith(PACKING)}
+
+
 def _with_meta(mod: tvm.IRModule, meta: dict) -> tvm.IRModule:
     bb = relax.BlockBuilder()
     with bb.function(META_FUNCTION, []):
