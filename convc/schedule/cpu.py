@@ -120,7 +120,7 @@ def register_block(shape: ConvShape, isa: ISA) -> tuple[int, int] | None:
             if cols * nv + nv + spare > isa.registers - 2:
                 break
             blocks = -(-shape.out_w // cols)
-            cost = blocks * (cols + 1.5) / nv * (1.0 if shape.out_w % cols == 0 else 1.15)
+            cost = blocks * (cols + 4) / nv * (1.0 if shape.out_w % cols == 0 else 1.05)
             if cost < best_cost - 1e-9:
                 best, best_cost = (nv, cols), cost
     return best
