@@ -417,6 +417,51 @@ class Dot(Rule):
     apply = _guarded(schedule_dot)
 
 
+# ------------------------------------------------------------------ deconv
+def schedule_deconv(func, kernel, cpu: ISA):
+    """Transposed conv in lower.py's per-phase gather form. Planes (n, f) in parallel; the
+    plane's phase-split accumulator is computed row by row and phase by phase, summing the
+    taps that hit input pixels (rc, ty, tx) with input columns as vector lanes (contiguous
+    loads, scalar weight broadcast), then the plane is written with bias and neuron as vectors.
+    The zero-padded input is one parallel pass of its own."""
+    if kernel.kind != "deconv":
+        return None
+    sch = s_tir.Schedule(func)
+    out = _inline_epilogue(sch, kernel.main)
+    acc = sch.get_sblock(kernel.main)
+    pads = [b for b in sch.get_producers(acc) if _is_spatial(sch, b)]
+    n, c, y, z = sch.get_loops(out)
+    width = _extent(sch, z)
+    planes = sch.fuse(n, c)          # rows stay a loop of their own: (y + pad) // s stays affine
+    _, zv = sch.split(z, [None, vector_factor(width, cpu.lanes)])
+    sch.vectorize(zv)
+    _parallel(sch, planes, _extent(sch, planes) * _extent(sch, y) * width)
+    sch.compute_at(acc, planes)      # at a row, (y + pad) // s would not be an affine binding
+    own = sch.get_loops(acc)[1:]
+    reducing = _reduce_loop_vars(sch, acc)
+    is_reduce = [any(v.same_as(sch.get(lp).loop_var) for v in reducing) for lp in own]
+    spatial = [lp for lp, r in zip(own, is_reduce) if not r]      # (qh, rh, qw, rw), unit loops dropped
+    reduce = [lp for lp, r in zip(own, is_reduce) if r]
+    qw, phase = spatial[-2:] if _phases(sch, acc) > 1 else (spatial[-1], None)
+    qo, qv = sch.split(qw, [None, vector_factor(_extent(sch, qw), cpu.lanes)])
+    sch.reorder(*spatial[:-2 if phase is not None else -1], *([phase] if phase is not None else []), qo, *reduce, qv)
+    sch.vectorize(qv)
+    sch.decompose_reduction(acc, reduce[0])
+    for pad in pads:
+        parallel_vectorize(sch, pad, cpu.lanes)
+    return sch
+
+
+def _phases(sch, acc) -> int:
+    """Output column phases of lower.py's deconv buffer (its last dimension)."""
+    return int(sch.get(acc).iter_vars[5].dom.extent)
+
+
+class Deconv(Rule):
+    name = "deconv"
+    apply = _guarded(schedule_deconv)
+
+
 # ------------------------------------------------------------------ anything else
 class Parallel(Rule):
     """The last resort: each block's spatial loops fused and run in parallel, unchanged
@@ -441,7 +486,7 @@ class Parallel(Rule):
         return sch
 
 
-NON_CONV_RULES: list[Rule] = [Injective(), Pool(), LRN(), Softmax(), Dot()]
+NON_CONV_RULES: list[Rule] = [Injective(), Pool(), LRN(), Softmax(), Dot(), Deconv()]
 # --- end of rules: non-conv kernels
 
 RULES: list[Rule] = [*NON_CONV_RULES, Parallel()]
