@@ -253,7 +253,24 @@ def pool(layer, inputs, params):
     return _finish(body, acc.shape, layer.name, None, layer.neuron)
 
 
+# base^-beta from square roots (vector instructions) for the betas LRN uses, instead of pow
+# (a libm call per element); any other beta keeps pow.
+def _negative_power(base, beta: float):
+    if beta == 0.75:                      # b^-3/4 = 1 / (sqrt(b) * sqrt(sqrt(b)))
+        root = tirx.sqrt(base)
+        return tirx.const(1.0, str(base.ty)) / (root * tirx.sqrt(root))
+    if beta == 0.5:
+        return tirx.const(1.0, str(base.ty)) / tirx.sqrt(base)
+    if beta == 1.0:
+        return tirx.const(1.0, str(base.ty)) / base
+    return tirx.power(base, tirx.const(-beta, str(base.ty)))
+
+
 def lrn(layer, inputs, params):
+    """total = window sum of squares (block `<layer>_sum`), y = x * (k + alpha/n * total)^-beta.
+    across: each window summed directly over `size` channel planes (vectorised over H*W).
+    within: separable, as the sum of row sums: squares of a zero-padded copy (`<layer>_sq`),
+    row sums over `size` columns (`<layer>_rows`), then sums of `size` row sums."""
     a, x = layer.attrs, inputs[0]
     n, c, h, w = (int(d) for d in x.shape)
     size = a["size"]
@@ -268,16 +285,20 @@ def lrn(layer, inputs, params):
         total = te.compute((n, c, h, w), lambda *i: te.sum(sq(*i), axis=r), name=layer.name + "_sum")
         alpha = a["alpha"] / size
     else:
-        r2 = te.reduce_axis((0, size), "r2")
+        hp, wp = h + size - 1, w + size - 1
 
-        def sq(b, o, y, z):
-            yy, zz = y - lo + r, z - lo + r2
-            v = x[b, o, tirx.max(tirx.min(yy, h - 1), 0), tirx.max(tirx.min(zz, w - 1), 0)]
-            return tirx.if_then_else(tirx.all(yy >= 0, yy < h, zz >= 0, zz < w), v * v, zero)
-        total = te.compute((n, c, h, w), lambda *i: te.sum(sq(*i), axis=[r, r2]), name=layer.name + "_sum")
+        def padded_square(b, o, y, z):
+            v = x[b, o, tirx.max(tirx.min(y - lo, h - 1), 0), tirx.max(tirx.min(z - lo, w - 1), 0)]
+            return tirx.if_then_else(tirx.all(y >= lo, y < h + lo, z >= lo, z < w + lo), v * v, zero)
+        squares = te.compute((n, c, hp, wp), padded_square, name=layer.name + "_sq", tag="injective,pad")
+        r2 = te.reduce_axis((0, size), "r2")
+        rows = te.compute((n, c, hp, w), lambda b, o, y, z: te.sum(squares[b, o, y, z + r2], axis=r2),
+                          name=layer.name + "_rows")
+        total = te.compute((n, c, h, w), lambda b, o, y, z: te.sum(rows[b, o, y + r, z], axis=r),
+                           name=layer.name + "_sum")
         alpha = a["alpha"] / size**2
-    k, beta = tirx.const(a["k"], x.dtype), tirx.const(-a["beta"], x.dtype)
-    return te.compute(x.shape, lambda *i: x(*i) * tirx.power(k + tirx.const(alpha, x.dtype) * total(*i), beta),
+    k = tirx.const(a["k"], x.dtype)
+    return te.compute(x.shape, lambda *i: x(*i) * _negative_power(k + tirx.const(alpha, x.dtype) * total(*i), a["beta"]),
                       name=layer.name, tag="elemwise")
 
 
