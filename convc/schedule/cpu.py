@@ -405,7 +405,8 @@ def schedule_dot(func, kernel, cpu: ISA):
     for lp in tile:
         sch.unroll(lp)
     sch.vectorize(kv_loop)
-    sch.decompose_reduction(rf, ko[0])
+    if ko:                                    # k of one vector leaves no loop to split the init off
+        sch.decompose_reduction(rf, ko[0])
     for block in _root_blocks(sch):           # the im2col patches of a local layer
         if _name(sch, block).endswith("_patch"):
             parallel_vectorize(sch, block, cpu.lanes, inner_dims=3)
