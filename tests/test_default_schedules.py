@@ -76,8 +76,8 @@ def test_conv_forms_match_the_oracle(name, batch):
 def test_rules_chosen_for_convs():
     dense = convc.compile(convc.parse(CONVS["dense"]), "llvm", batch=1, records=None)
     depthwise = convc.compile(convc.parse(CONVS["depthwise"]), "llvm", batch=1, records=None)
-    assert set(dense.report.rules.values()) == {"cpu.DirectConv"}
-    assert set(depthwise.report.rules.values()) == {"cpu.ConvRows"}
+    assert set(dense.report.rules.values()) == {"direct_conv"}
+    assert set(depthwise.report.rules.values()) == {"conv_rows"}
 
 
 def test_isa_read_from_the_target_features():
@@ -117,5 +117,5 @@ def _sources(module):
 def test_conv_code_uses_the_target_vectors(machine):
     net = convc.parse("input d 64x13x13\nconv c filters=64 size=3 pad=1 neuron=relu")
     asm, rules = _assembly(net, CROSS[machine][0])
-    assert rules == {"c": "cpu.DirectConv"}
+    assert rules == {"c": "direct_conv"}
     assert len(re.findall(CROSS[machine][1], asm)) >= 8, machine

@@ -137,7 +137,7 @@ class DirectConv(Rule):
     accumulators live in registers; bias, neuron and fused elementwise layers are applied
     as each block is written back.
     """
-    name = "cpu.DirectConv"
+    name = "direct_conv"
 
     def apply(self, func, target, tunable=False):
         from tvm import s_tir
@@ -190,7 +190,7 @@ class ConvRows(Rule):
     a vector): parallel over (batch, filter, output row); each row accumulated in a local buffer,
     vectorised along the output columns, reduced over (c, ky, kx) outside the column loop, so a
     stride-1 conv reads contiguous input vectors and broadcasts one weight."""
-    name = "cpu.ConvRows"
+    name = "conv_rows"
 
     def apply(self, func, target, tunable=False):
         from tvm import s_tir
