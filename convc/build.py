@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import tempfile
 import threading
 import time
@@ -21,12 +23,15 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .errors import ConvcError, file_error
+from .errors import ConvcError, Diagnostic, file_error
 from .files import atomic_paths, check_output_path, elf_problem, os_reason, sha256, write_bytes_atomically
 from .lower import LOWER
 from .schedule import apply_default_schedules
 
 META_FUNCTION = "convc_meta"
+CUDA_ARCH = re.compile(r"sm_[1-9][0-9]{1,2}[a-z]?")
+DTYPES = ("float32",)         # what the layers are lowered and checked for
+INDEX_LIMIT = 2**31 - 1       # elements in one tensor: kernels index with int32
 ALIGNMENT = 64          # AVX-512 code reads inputs with aligned loads: a plain numpy array is 16-aligned
 
 
@@ -49,8 +54,13 @@ def make_target(kind: str = "llvm", arch: str | None = None) -> TargetInfo:
         cfg["num-cores"] = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))
         target = tvm.target.Target(cfg)
         return TargetInfo("llvm", target, f"llvm-{cfg.get('mcpu', 'generic')}")
+    if arch is not None and kind != "cuda":
+        raise ConvcError(f"arch {arch!r} (--arch) applies to the cuda target only")
     if kind == "cuda":
         arch = arch or "sm_90a"
+        if not isinstance(arch, str) or not CUDA_ARCH.fullmatch(arch):
+            raise ConvcError(f"unknown CUDA architecture {arch!r}; give sm_XY as nvcc spells it, "
+                             "e.g. sm_80, sm_86, sm_90a")
         target = tvm.target.Target({"kind": "cuda", "arch": arch, "max_shared_memory_per_block": 49152,
                                     "max_threads_per_block": 1024, "thread_warp_size": 32})
         return TargetInfo("cuda", target, f"cuda-{arch}")
@@ -193,6 +203,7 @@ def compile(net, target: str = "llvm", batch: int = 1, params=None, bind: bool |
     directories, or None (untuned).
     """
     started = time.perf_counter()
+    _check_compile_arguments(net, target, batch, records, dtype)
     info = make_target(target, arch)
     fused, report, meta = lower_network(net, info, batch, params, bind, records, all_outputs, dtype)
     try:
@@ -205,6 +216,46 @@ def compile(net, target: str = "llvm", batch: int = 1, params=None, bind: bool |
     if verbose:
         print(report.describe(net))
     return module
+
+
+def _check_compile_arguments(net, target, batch, records, dtype):
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ConvcError(f"batch must be a positive integer, got {batch!r}")
+    if dtype not in DTYPES:
+        raise ConvcError(f"dtype {dtype!r} is not supported; convc builds {', '.join(DTYPES)} networks")
+    if not _records_ok(records):
+        raise ConvcError(f"records must be \"auto\", None, a directory or a list of directories, got {records!r}")
+    check_batch_fits(net, batch, host=target == "llvm")
+
+
+def _records_ok(records) -> bool:
+    if records is None or isinstance(records, (str, os.PathLike)):
+        return True
+    return isinstance(records, (list, tuple)) and all(isinstance(r, (str, os.PathLike)) for r in records)
+
+
+def check_batch_fits(net, batch: int, host: bool = True, bytes_per_value: int = 4):
+    """A batch whose tensors overflow 32-bit indices, or (on this machine) whose layer outputs
+    exceed its memory, is refused before any work."""
+    largest = max([math.prod(net.input_shape)] + [math.prod(layer.out_shape) for layer in net.layers])
+    if batch * largest > INDEX_LIMIT:
+        raise ConvcError(Diagnostic(f"batch {batch} makes a tensor of {batch * largest:,} values; kernels index "
+                                    f"at most {INDEX_LIMIT:,}", None,
+                                    f"use a batch of at most {max(1, INDEX_LIMIT // largest):,}"))
+    if not host:
+        return
+    need = batch * bytes_per_value * (math.prod(net.input_shape) + sum(math.prod(l.out_shape) for l in net.layers))
+    have = _memory_bytes()
+    if have and need > have:
+        raise ConvcError(Diagnostic(f"batch {batch} needs about {need / 2**30:.1f} GiB for the layer outputs; "
+                                    f"this machine has {have / 2**30:.1f} GiB", None, "use a smaller batch"))
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def lower_network(net, info: TargetInfo, batch: int, params=None, bind=None, records="auto",
