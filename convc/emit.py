@@ -6,7 +6,7 @@ import re
 import tvm
 from tvm import relax
 
-from .build import META_FUNCTION, kernel_functions, lower_network, make_target
+from .build import META_FUNCTION, final_kernels, kernel_functions, lower_network, make_target
 from .errors import ConvcError
 
 
@@ -32,7 +32,7 @@ def emit(net, target: str = "llvm", batch: int = 1, layer: str | None = None, ti
         return "\n\n".join(f"# kernel {name}: layers {', '.join(report.kernels.get(name, [name]))}\n"
                            + funcs[name].script() for name in chosen)
     del fused[META_FUNCTION]
-    ex = tvm.compile(fused, info.target, relax_pipeline=relax.get_default_pipeline(info.target))
+    ex = tvm.compile(final_kernels(fused), info.target, relax_pipeline=relax.get_default_pipeline(info.target))
     host = ex.mod.imports[0]
     if info.kind == "cuda":
         source = host.imports[0].inspect_source()

@@ -19,17 +19,32 @@ def _const(x, value):
     return tirx.const(value, str(x.ty))      # a scalar expression's type (PrimExpr.ty in TVM 0.27)
 
 
+def nan_max(a, b):
+    """max(a, b) with IEEE NaN propagation, as numpy.maximum and PyTorch: NaN if either is NaN.
+    (tirx.max lowers to an ordered compare, which drops a NaN on one side.)"""
+    return tirx.Select(tirx.Or(b > a, tirx.isnan(b)), b, a)
+
+
+# A max reduction that keeps NaN (a NaN anywhere in the window gives NaN) and starts from -inf
+# (a window of -inf gives -inf, not the lowest finite float).
+NAN_MAX = te.comm_reducer(nan_max, lambda dtype: tirx.const(-float("inf"), dtype), name="nan_max")
+
+
+def _relu(v):
+    return tirx.Select(v < _const(v, 0), _const(v, 0), v)       # NaN < 0 is false: NaN stays NaN
+
+
 ACTIVATIONS = {
-    "relu": lambda v: tirx.max(v, _const(v, 0)),
+    "relu": _relu,
     "logistic": lambda v: tirx.sigmoid(v),
     "tanh": lambda v, a, b: _const(v, a) * tirx.tanh(_const(v, b) * v),
     "abs": lambda v: tirx.abs(v),
     "square": lambda v: v * v,
     "sqrt": lambda v: tirx.sqrt(v),
     # log(1 + e^x) = max(x, 0) + log1p(e^-|x|): no overflow for large x
-    "softrelu": lambda v: tirx.max(v, _const(v, 0)) + tirx.log1p(tirx.exp(-tirx.abs(v))),
+    "softrelu": lambda v: _relu(v) + tirx.log1p(tirx.exp(-tirx.abs(v))),
     "ident": lambda v: v,
-    "brelu": lambda v, a: tirx.min(_const(v, a), tirx.max(v, _const(v, 0))),
+    "brelu": lambda v, a: tirx.Select(v > _const(v, a), _const(v, a), _relu(v)),
     "linear": lambda v, a, b: _const(v, a) * v + _const(v, b),
     "leaky": lambda v, a: tirx.Select(v < _const(v, 0), _const(v, a) * v, v),
 }
@@ -236,11 +251,11 @@ def pool(layer, inputs, params):
     c, oh, ow = layer.out_shape
     (kh, kw), (sh, sw) = a["size"], a["stride"]
     is_max = a["mode"] == "max"
-    fill = float(te.min_value(x.dtype).value) if is_max else 0.0
+    fill = -float("inf") if is_max else 0.0      # as the oracle: padding never wins a max
     xp = _pad(x, a["pad"], ceil_extra(layer), layer.name, fill)
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
-    reducer = te.max if is_max else te.sum
+    reducer = NAN_MAX if is_max else te.sum
     acc = te.compute((n, c, oh, ow),
                      lambda b, o, y, z: reducer(xp[b, o, y * sh + ry, z * sw + rx], axis=[ry, rx]),
                      name=layer.name + "_pool", tag="pool_max" if is_max else "pool_sum")

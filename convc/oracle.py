@@ -1,7 +1,8 @@
 """The NumPy reference: what every layer computes, exactly as docs/language.md defines it.
 
-Computed in float64 and vectorized (one matmul per kernel tap, cumulative sums for LRN,
-strided window views for pooling), so AlexNet at batch 1 runs well under a second.
+Computed in float64 and vectorized (one matmul per kernel tap, strided window views for
+LRN and pooling, each window summed on its own: no running sums), so AlexNet at batch 1
+runs well under a second.
 The compiled kernels and the outside implementations in the tests are checked against it.
 """
 from __future__ import annotations
@@ -128,13 +129,14 @@ def pool(layer, inputs, params):
 
 
 def _window_sum(v, axis, size):
-    """Sum over [i - size//2, i + (size-1)//2] along `axis`, zeros outside."""
+    """Sum over [i - size//2, i + (size-1)//2] along `axis`, zeros outside: each window summed
+    on its own in float64 (a running cumulative sum would lose small values beside large ones
+    and spread one inf or NaN along the whole axis)."""
     lo, hi = size // 2, (size - 1) // 2
     pads = [(0, 0)] * v.ndim
-    pads[axis] = (lo + 1, hi)
-    c = np.cumsum(np.pad(v, pads), axis=axis)
-    n = v.shape[axis]
-    return np.take(c, np.arange(size, size + n), axis=axis) - np.take(c, np.arange(n), axis=axis)
+    pads[axis] = (lo, hi)
+    padded = np.pad(np.asarray(v, np.float64), pads)
+    return sliding_window_view(padded, size, axis=axis).sum(axis=-1)
 
 
 def lrn(layer, inputs, params):

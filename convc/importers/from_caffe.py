@@ -13,7 +13,7 @@ from pathlib import Path
 from ..errors import ConvcError, Pos
 from . import prototxt
 from .common import (Act, ImportResult, Names, Rec, Reporter, activation_rec, fmt, fold_activations,
-                     render, size_text)
+                     render, require_layers, size_text)
 from .prototxt import Message, Scalar
 
 # V1 (`layers { type: CONVOLUTION }`) enum names -> the type strings of `layer { type: "..." }`.
@@ -659,6 +659,7 @@ def import_caffe(path, text: str | None = None, input_shape=None) -> ImportResul
     imp.run(root)
     imp.rep.check()
     recs = fold_activations(imp.recs, imp.notes)
+    require_layers(recs, filename)
     net_name = imp.get(root, "name", "str", "") if root.last("name") else ""
     preamble = ([f"network {_net_name(net_name)}"] if net_name else []) + [
         "convention caffe", f"input {imp.input_name} {'x'.join(str(d) for d in imp.input_shape)}"]

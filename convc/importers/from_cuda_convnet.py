@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..errors import ConvcError, Diagnostic, Pos
 from .common import (Act, ImportResult, Names, Rec, Reporter, activation_rec, fmt, fold_activations,
-                     render)
+                     render, require_layers)
 
 
 # ----------------------------------------------------------------------------- INI with positions
@@ -476,6 +476,7 @@ def import_cuda_convnet(layers_path, params_path=None, input_shape=(3, 32, 32),
     rep.check(*([prep] if prep else []))
     notes = imp.notes
     recs = fold_activations(imp.recs, notes)
+    require_layers(recs, str(layers_path))
     net = re.sub(r"[^A-Za-z0-9_]", "_", re.sub(r"^layers[-_.]", "", Path(str(layers_path)).stem)) or "net"
     preamble = [f"network {net if re.match(r'[A-Za-z_]', net) else 'net_' + net}", "convention cuda-convnet",
                 f"input {imp.input_name} {'x'.join(map(str, shape))}"]
