@@ -6,7 +6,8 @@ convc's layouts (docs/import.md has the table):
 
   Caffe           NAME/0, NAME/1 (or NAME_w, NAME_b)   same layouts as convc; InnerProduct with
                   transpose: true is stored (in, out); BatchNorm NAME/0..2 = mean·s, var·s, s
-                  (s the moving-average factor) and the following Scale S/0, S/1 = scale, shift
+                  (s the moving-average factor) and the following Scale S/0, S/1 = scale, shift;
+                  PReLU NAME/0 = slope; a Scale of its own NAME/0, NAME/1 = scale, shift
   cuda-convnet    NAME/weights, NAME/biases (or NAME_w, NAME_b)
                   conv  (C/G·K·K, F) rows in (channel, y, x) order    -> (F, C/G, K, K)
                   local (H'·W'·C/G·K·K, F) rows (module, c, y, x)      -> (F, H', W', C/G, K, K)
@@ -144,6 +145,32 @@ def caffe_batchnorm(a: _Arrays, e: dict, expected: dict) -> dict:
     return out
 
 
+def caffe_prelu(a: _Arrays, e: dict, expected: dict) -> dict:
+    layer, src = e["layer"], e["src"]
+    native = _native(a, layer, ["slope"], expected)
+    if native is not None:
+        return native
+    key, slope = a.find(_caffe_names(src, 0, "w"), f"the slopes of '{src}'")
+    slope = a.shaped(key, slope, expected[f"{layer}.slope"], f"slopes of '{src}'") if slope is not None else None
+    return {} if slope is None else {f"{layer}.slope": slope}
+
+
+def caffe_scale(a: _Arrays, e: dict, expected: dict) -> dict:
+    layer, src = e["layer"], e["src"]
+    native = _native(a, layer, ["scale", "shift"], expected)
+    if native is not None:
+        return native
+    out = {}
+    for index, alias, suffix in ((0, "w", "scale"), (1, "b", "shift")):
+        if f"{layer}.{suffix}" not in expected:
+            continue
+        key, v = a.find(_caffe_names(src, index, alias), f"the {suffix} of '{src}'")
+        v = a.shaped(key, v, expected[f"{layer}.{suffix}"], f"{suffix} of '{src}'") if v is not None else None
+        if v is not None:
+            out[f"{layer}.{suffix}"] = v
+    return out
+
+
 # ----------------------------------------------------------------------------- cuda-convnet
 def _ccn_names(src: str, what: str) -> list[str]:
     alias = {"weights": ["w", "0"], "biases": ["b", "1"]}[what]
@@ -197,13 +224,10 @@ def ccn_fc(a: _Arrays, e: dict, expected: dict) -> dict:
 
 CONVERTERS = {
     ("caffe", "conv"): caffe_conv_fc, ("caffe", "deconv"): caffe_conv_fc, ("caffe", "fc"): caffe_conv_fc,
-    ("caffe", "batchnorm"): caffe_batchnorm,
+    ("caffe", "batchnorm"): caffe_batchnorm, ("caffe", "prelu"): caffe_prelu, ("caffe", "scale"): caffe_scale,
     ("cuda-convnet", "conv"): ccn_conv_local, ("cuda-convnet", "local"): ccn_conv_local,
     ("cuda-convnet", "fc"): ccn_fc,
 }
-
-
-
 
 
 # ----------------------------------------------------------------------------- entry points
