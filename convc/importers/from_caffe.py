@@ -73,8 +73,10 @@ class _Skip(Exception):
 
 
 class CaffeImporter:
-    def __init__(self, text: str, filename: str, input_shape=None):
+    def __init__(self, text: str, filename: str, input_shape=None, phase: str = "TEST", stages=()):
         self.rep = Reporter(text, filename)
+        self.phase, self.stages = phase, set(stages)
+        self.left_out: list[str] = []                # data layers the phase/stage rules left out
         self.filename = filename
         self.notes: list[str] = []
         self.names = Names(self.notes)
@@ -138,9 +140,13 @@ class CaffeImporter:
                 for top in layer.tops:
                     self.blobs[top] = None
         if self.input_name is None and not self.rep.diagnostics:
-            self.rep.error("the network has no input", Pos(1, 1, 1),
-                           "add `input: \"data\"` with `input_shape { dim: 1 dim: 3 dim: 227 dim: 227 }`, "
-                           "an Input layer, or pass --input CxHxW")
+            state = f"--phase {self.phase}" + "".join(f" --stage {s}" for s in sorted(self.stages))
+            self.rep.error("the network has no input" + (
+                f"; the include/exclude rules for {state} left out the data layer(s) {', '.join(self.left_out)}"
+                if self.left_out else ""), Pos(1, 1, 1),
+                "choose the layers with --phase TEST|TRAIN and --stage NAME" if self.left_out else
+                "add `input: \"data\"` with `input_shape { dim: 1 dim: 3 dim: 227 dim: 227 }`, "
+                "an Input layer, or pass --input CxHxW")
 
     def read_net_inputs(self, root: Message) -> None:
         inputs = root.all("input")
@@ -149,6 +155,10 @@ class CaffeImporter:
         if len(inputs) > 1:
             self.rep.error("convc networks have exactly one input; this net declares "
                            f"{len(inputs)}", inputs[1].pos)
+            for f in inputs:          # layers reading them are not imported, and not reported again
+                if isinstance(f.value, Scalar):
+                    self.blobs[str(f.value.value)] = None
+            self.input_name = ""
             return
         name = self.value(inputs[0].value, "str", "input")
         dims = [self.get_all(f.value, "dim", "int") for f in root.all("input_shape") if isinstance(f.value, Message)]
@@ -181,9 +191,13 @@ class CaffeImporter:
                 self.rep.error(f"'{f.name}' must be a message {{ ... }}", f.pos)
                 continue
             layer = self.read_layer(f, v1=f.name == "layers")
-            if layer is not None and self.in_test_phase(layer):
+            if layer is None:
+                continue
+            if self.in_state(layer):
                 layer.index = len(layers)
                 layers.append(layer)
+            elif layer.type in DATA_LAYERS or layer.type == "Input":
+                self.left_out.append(f"'{layer.name}' ({layer.type}, line {layer.pos.line})")
         return layers
 
     def read_layer(self, f, v1: bool) -> Layer | None:
@@ -206,8 +220,8 @@ class CaffeImporter:
         except _Skip:
             return None
 
-    def in_test_phase(self, layer: Layer) -> bool:
-        """Caffe's StateMeetsRule for the state {phase: TEST, level: 0, no stages}."""
+    def in_state(self, layer: Layer) -> bool:
+        """Caffe's StateMeetsRule for the state {phase, level 0, stages} chosen by --phase/--stage."""
         include, exclude = layer.msg.all("include"), layer.msg.all("exclude")
         if include:
             return any(self.rule_meets(r.value) for r in include if isinstance(r.value, Message))
@@ -215,12 +229,15 @@ class CaffeImporter:
 
     def rule_meets(self, rule: Message) -> bool:
         phase = rule.last("phase")
-        if phase is not None and isinstance(phase.value, Scalar) and phase.value.value not in ("TEST", 1):
+        wanted = {"TEST": ("TEST", 1), "TRAIN": ("TRAIN", 0)}[self.phase]
+        if phase is not None and isinstance(phase.value, Scalar) and phase.value.value not in wanted:
             return False
         lo, hi = self.get(rule, "min_level", "int", None), self.get(rule, "max_level", "int", None)
         if (lo is not None and lo > 0) or (hi is not None and hi < 0):
             return False
-        return not rule.all("stage")
+        stage = [f.value.value for f in rule.all("stage") if isinstance(f.value, Scalar)]
+        not_stage = [f.value.value for f in rule.all("not_stage") if isinstance(f.value, Scalar)]
+        return all(s in self.stages for s in stage) and not any(s in self.stages for s in not_stage)
 
     def number_blob_versions(self) -> None:
         """Give each write of a blob a version, so that in-place chains are followed exactly."""
@@ -298,8 +315,13 @@ class CaffeImporter:
 
     def input_of(self, layer: Layer, blob: str) -> str:
         if blob not in self.blobs:
-            self.unsupported(layer, f"bottom blob '{blob}' is not produced by any layer before it",
-                             self.bottom_pos(layer, blob))
+            self.blobs[blob] = None      # reported once: later readers of the blob stay quiet
+            left_out = (f"; the include/exclude rules for --phase {self.phase}"
+                        + "".join(f" --stage {s}" for s in sorted(self.stages))
+                        + f" left out the data layer(s) {', '.join(self.left_out)}") if self.left_out else ""
+            self.unsupported(layer, f"bottom blob '{blob}' is not produced by any layer before it{left_out}",
+                             self.bottom_pos(layer, blob),
+                             "choose the layers with --phase TEST|TRAIN and --stage NAME" if left_out else None)
         if blob in self.dropped and self.blobs[blob] is None:
             self.unsupported(layer, f"reads '{blob}', {self.dropped[blob]}", self.bottom_pos(layer, blob))
         if self.blobs[blob] is None:
@@ -354,7 +376,28 @@ class CaffeImporter:
         if layer.type == "DummyData":
             shapes = [self.get_all(f.value, "dim", "int") for f in layer.param("dummy_data_param").all("shape")]
             return shapes[0] if shapes else None
-        return None
+        return self.transform_dims(layer)
+
+    def transform_dims(self, layer: Layer):
+        """`transform_param { crop_size }`: the images the net sees are crop_size², with channels
+        from mean_value or ImageData's is_color (3 otherwise). scale and mean_* are preprocessing."""
+        t = layer.param("transform_param")
+        for key, what in PREPROCESSING.items():
+            values = [fmt(v.value.value) if isinstance(v.value.value, (int, float)) else str(v.value.value)
+                      for v in t.all(key) if isinstance(v.value, Scalar)]
+            if values:
+                self.notes.append(f"data layer '{layer.name}': transform_param {key} is preprocessing, not part of "
+                                  f"the .conv: {what.format(', '.join(values))}")
+        crop = self.get(t, "crop_size", "int", 0)
+        if not crop:
+            return None
+        means = t.all("mean_value")
+        color = self.get(layer.param("image_data_param"), "is_color", "bool", True)
+        channels = len(means) if len(means) > 1 else 3 if color else 1
+        self.notes.append(f"data layer '{layer.name}': input size {channels}x{crop}x{crop} from transform_param "
+                          f"crop_size {crop}" + ("" if len(means) > 1 or not color else
+                                                 " (3 channels assumed: pass --input CxHxW for others)"))
+        return [1, channels, crop, crop]
 
     def shape_of(self, layer: Layer, name: str) -> tuple:
         """The per-image shape of an imported layer (or the input), by checking the records so far."""
@@ -373,6 +416,10 @@ class CaffeImporter:
     def new_rec(self, layer: Layer, kind: str, inputs: list[str], **kw) -> Rec:
         return Rec(kind, self.names.new(layer.name), inputs, origin=layer.name, **kw)
 
+
+# transform_param fields: what the user does to the images before running the .conv
+PREPROCESSING = {"scale": "multiply the images by {} first", "mean_value": "subtract the mean {} per channel first",
+                 "mean_file": "subtract the mean image {} first", "mirror": "mirror {} is a training augmentation"}
 
 _KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "enum": "an enum name",
                "str": "a quoted string"}
@@ -729,13 +776,18 @@ CONVERTERS = {
 
 
 # ----------------------------------------------------------------------------- entry point
-def import_caffe(path, text: str | None = None, input_shape=None) -> ImportResult:
-    """Import a Caffe .prototxt (deploy or train_val) as a .conv network (convention caffe)."""
+def import_caffe(path, text: str | None = None, input_shape=None, phase: str = "TEST", stages=()) -> ImportResult:
+    """Import a Caffe .prototxt (deploy or train_val) as a .conv network (convention caffe).
+    `phase` and `stages` choose the layers by their include/exclude rules, as Caffe's NetState."""
     filename = str(path)
     if text is None:
         text = _read(path)
     root = prototxt.parse(text, filename)
-    imp = CaffeImporter(text, filename, input_shape)
+    phase = str(phase).upper()
+    if phase not in ("TEST", "TRAIN"):
+        from ..errors import Diagnostic
+        raise ConvcError(Diagnostic(f"unknown phase {phase!r}", filename=filename, help="TEST or TRAIN"))
+    imp = CaffeImporter(text, filename, input_shape, phase, stages)
     imp.run(root)
     imp.rep.check()
     recs = fold_activations(imp.recs, imp.notes)

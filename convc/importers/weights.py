@@ -277,3 +277,36 @@ def save_npz(path, params: dict) -> None:
         np.savez(path, **params)
     except OSError as err:
         raise ConvcError(Diagnostic(f"cannot write the params ({err.strerror})", filename=str(path))) from None
+
+
+# ----------------------------------------------------------------------------- the other way
+def _caffe_layer_blobs(e: dict, params: dict) -> dict[str, list[np.ndarray]]:
+    """convc params of one planned layer -> {Caffe layer name: [blob, ...]} as Caffe stores them."""
+    layer, src = e["layer"], e["src"]
+    get = lambda suffix: params.get(f"{layer}.{suffix}")          # noqa: E731
+    if e["kind"] in ("conv", "deconv", "fc"):
+        w = get("weight")
+        blobs = [w.T if e.get("transpose") else w]
+        return {src: blobs + ([get("bias")] if e.get("bias") else [])}
+    if e["kind"] == "batchnorm":
+        out = {src: [get("mean"), get("var"), np.ones(1, np.float32)]}
+        if e.get("scale_src"):
+            out[e["scale_src"]] = [get("scale")] + ([get("shift")] if e.get("scale_bias") else [])
+        return out
+    if e["kind"] == "prelu":
+        return {src: [get("slope")]}
+    if e["kind"] == "scale":
+        return {src: [get("scale")] + ([get("shift")] if e.get("bias") else [])}
+    raise ValueError(f"no Caffe layout for {e['kind']}")
+
+
+def caffe_blobs(result, params: dict) -> dict[str, list[np.ndarray]]:
+    """convc params of a network imported from Caffe -> its Caffe blobs per layer (for writing a
+    .caffemodel; the inverse of convert_weights). A batchnorm without a Scale after it must have
+    scale 1 and shift 0, as Caffe's BatchNorm has no such blobs."""
+    blobs: dict[str, list[np.ndarray]] = {}
+    for entry in result.plan:
+        if entry.get("fixed_bilinear"):
+            continue
+        blobs.update(_caffe_layer_blobs(entry, params))
+    return blobs
