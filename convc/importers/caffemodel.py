@@ -74,17 +74,39 @@ def read_caffemodel(path) -> dict[str, np.ndarray]:
 
 def write_caffemodel(path, arrays: dict[str, list[np.ndarray]], name: str = "net", legacy_shapes: bool = False):
     """A .caffemodel with `arrays` {layer name: [blob, ...]} (V2 `layer`). For tests and tools:
-    `legacy_shapes` writes num/channels/height/width instead of `shape`, as old Caffe did."""
+    `legacy_shapes` writes num/channels/height/width instead of `shape`, as old Caffe did.
+    The float data is appended as raw packed bytes (protobuf merges the fields), which is ~20x
+    faster than filling the repeated field from Python."""
     from .caffe_proto import message_class
-    net = message_class("NetParameter")(name=name)
+    blob_class, layer_class = message_class("BlobProto"), message_class("LayerParameter")
+    out = [message_class("NetParameter")(name=name).SerializeToString()]
     for layer_name, blobs in arrays.items():
-        layer = net.layer.add(name=layer_name)
+        layer = [layer_class(name=layer_name).SerializeToString()]
         for value in blobs:
-            blob = layer.blobs.add()
-            value = np.asarray(value, dtype=np.float32)
+            value = np.asarray(value, dtype="<f4")
+            blob = blob_class()
             if legacy_shapes:
                 blob.num, blob.channels, blob.height, blob.width = (1,) * (4 - value.ndim) + value.shape
             else:
                 blob.shape.dim.extend(value.shape)
-            blob.data.extend(value.ravel().tolist())
-    Path(path).write_bytes(net.SerializeToString())
+            data = blob.SerializeToString() + _length_delimited(_BLOB_DATA, value.tobytes())
+            layer.append(_length_delimited(_LAYER_BLOBS, data))
+        out.append(_length_delimited(_NET_LAYER, b"".join(layer)))
+    Path(path).write_bytes(b"".join(out))
+
+
+# field numbers in caffe.proto: BlobProto.data, LayerParameter.blobs, NetParameter.layer
+_BLOB_DATA, _LAYER_BLOBS, _NET_LAYER = 5, 7, 100
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _length_delimited(field: int, payload: bytes) -> bytes:
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
