@@ -342,16 +342,28 @@ def slice_shape(layer):
 
 
 def crop_shape(layer):
+    """HxW from the reference (second input) or, with one input, from `size`."""
     c, h, w = _image(layer)
-    ref = layer.in_shapes[1]
-    if len(ref) != 3:
-        raise Problem(f"crop needs a CxHxW reference, but {layer.inputs[1]} gives {fmt_shape(ref)}")
-    for axis, n, want, off in zip("HW", (h, w), ref[1:], layer.attrs["offset"]):
+    size = layer.attrs["size"]
+    if len(layer.inputs) == 2:
+        if size is not None:
+            raise Problem("crop takes its size from the second input or from size=, not both", "size",
+                          "drop size= or the reference layer")
+        ref = layer.in_shapes[1]
+        if len(ref) != 3:
+            raise Problem(f"crop needs a CxHxW reference, but {layer.inputs[1]} gives {fmt_shape(ref)}")
+        size, whence = ref[1:], f"from {layer.inputs[1]}"
+    elif size is None:
+        raise Problem("crop needs a reference layer (`from X, REF`) or size=HxW", "size",
+                      "e.g. `crop c from x, ref offset=2` or `crop c from x size=24 offset=4`")
+    else:
+        whence = "size"
+    for axis, n, want, off in zip("HW", (h, w), size, layer.attrs["offset"]):
         if off + want > n:
-            raise Problem(f"the crop does not fit along {axis}: offset {off} + {want} (from {layer.inputs[1]}) "
+            raise Problem(f"the crop does not fit along {axis}: offset {off} + {want} ({whence}) "
                           f"> {n} (from {layer.inputs[0]})", "offset",
                           "the cropped window must lie inside the first input")
-    return (c, *ref[1:])
+    return (c, *size)
 
 
 # parameter shapes ------------------------------------------------------------
@@ -493,8 +505,9 @@ LAYER_KINDS: dict[str, LayerKind] = {k.name: k for k in [
     LayerKind("slice", dict(begin=Key(integer(0), doc="first channel (0-based)"),
                             end=Key(integer(1), doc="one past the last channel")), slice_shape,
               "channels [begin, end)", needs_image=False),
-    LayerKind("crop", dict(offset=Key(pair(0), (0, 0), "offset N or HxW of the window in the first input")),
-              crop_shape, "the first input cut to the second's HxW", arity=(2, 2)),
+    LayerKind("crop", dict(offset=Key(pair(0), (0, 0), "offset N or HxW of the window in the first input"),
+                           size=Key(pair(1), None, "the window N or HxW, when there is no reference layer")),
+              crop_shape, "the first input cut to the second's HxW (or size)", arity=(1, 2)),
     LayerKind("power", dict(power=Key(real(), 1.0, "exponent"), scale=Key(real(), 1.0, "multiplies x"),
                             shift=Key(real(), 0.0, "added after scaling")), same_shape,
               "(shift + scale·x)^power", needs_image=False),

@@ -8,7 +8,7 @@ from .layers import fmt_shape
 # What `convc info` shows in the window column for kinds without a kernel window.
 _DETAILS = {
     "slice": lambda a: f"channels [{a['begin']},{a['end']})",
-    "crop": lambda a: f"offset {fmt_shape(_squash(a['offset']))}",
+    "crop": lambda a: (f"{fmt_shape(_squash(a['size']))} " if a["size"] else "") + f"offset {fmt_shape(_squash(a['offset']))}",
     "add": lambda a: f"coeff [{','.join(f'{c:g}' for c in a['coeff'])}]" if a.get("coeff") else "",
     "power": lambda a: f"({a['shift']:g} + {a['scale']:g}x)^{a['power']:g}",
     "prelu": lambda a: "shared" if a["shared"] else "",
