@@ -299,7 +299,7 @@ def scale(layer, inputs, params):
 
 def _nan_max(a, b):
     """max that returns NaN when either side is NaN (PyTorch's maximum); LLVM's maxnum would not."""
-    return tirx.Select(tirx.any(a > b, a != a), a, b)
+    return tirx.Select(tirx.any(a > b, tirx.isnan(a)), a, b)   # a != a would be simplified to false
 
 
 def _elementwise(layer, inputs, combine):
