@@ -404,6 +404,8 @@ class CaffeImporter:
         from ..network import build_network
         from ..parser import parse_statements
         from ..errors import Source
+        if name == self.input_name:
+            return self.input_shape
         text = render([], ["convention caffe", f"input {self.input_name} {'x'.join(map(str, self.input_shape))}"],
                       self.input_name, self.recs)
         try:
