@@ -64,7 +64,8 @@ def run(args) -> int:
                                  notes=result.notes)
     elif weights:
         from .caffemodel import read_caffemodel
-        params = convert_weights(result, read_caffemodel(weights), filename=weights, notes=result.notes)
+        params = convert_weights(result, read_caffemodel(weights), filename=weights, notes=result.notes,
+                                 caffemodel=True)
     if not args.quiet:
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)

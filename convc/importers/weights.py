@@ -30,8 +30,8 @@ from ..params import bilinear_kernel as bilinear
 class _Arrays:
     """The user's arrays, remembering which were used and what was missing or wrong."""
 
-    def __init__(self, arrays: dict, filename: str):
-        self.arrays, self.filename = dict(arrays), filename
+    def __init__(self, arrays: dict, filename: str, caffemodel: bool = False):
+        self.arrays, self.filename, self.caffemodel = dict(arrays), filename, caffemodel
         self.used: set[str] = set()
         self.problems: list[Diagnostic] = []
 
@@ -40,7 +40,11 @@ class _Arrays:
             if key in self.arrays:
                 self.used.add(key)
                 return key, np.asarray(self.arrays[key])
-        if required:
+        if required and self.caffemodel:
+            layer, index = candidates[0].rsplit("/", 1)
+            self.problem(f"no blob for {what}", f"the .caffemodel has no blob {index} in a layer named '{layer}': "
+                                                "is it the model of this prototxt?")
+        elif required:
             self.problem(f"no array for {what}", f"name it {' or '.join(repr(c) for c in candidates)}")
         return None, None
 
@@ -54,7 +58,8 @@ class _Arrays:
             return arr
         if _squeeze(arr.shape) == _squeeze(shape):
             return arr.reshape(shape)
-        self.problem(f"array '{key}' ({what}) has shape {arr.shape}, expected {shape}")
+        self.problem(f"{'blob' if self.caffemodel else 'array'} '{key}' ({what}) has shape {arr.shape}, "
+                     f"expected {shape}")
         return None
 
 
@@ -231,13 +236,14 @@ CONVERTERS = {
 
 
 # ----------------------------------------------------------------------------- entry points
-def convert_weights(result, arrays: dict, filename: str = "<params>", notes: list | None = None) -> dict:
+def convert_weights(result, arrays: dict, filename: str = "<params>", notes: list | None = None,
+                    caffemodel: bool = False) -> dict:
     """Map a framework's saved arrays to convc's params for `result` (an ImportResult).
 
     Raises ConvcError listing every missing or mis-shaped array; arrays that map to nothing
     are listed in `notes` (when given)."""
     expected = _expected_shapes(result.text)
-    a = _Arrays(arrays, filename)
+    a = _Arrays(arrays, filename, caffemodel)
     params: dict[str, np.ndarray] = {}
     for entry in result.plan:
         params.update(CONVERTERS[(entry["op"], entry["kind"])](a, entry, expected))
@@ -247,7 +253,8 @@ def convert_weights(result, arrays: dict, filename: str = "<params>", notes: lis
     if a.problems:
         raise ConvcError(a.problems)
     if notes is not None:
-        notes += [f"array '{k}' in {filename} maps to no layer; ignored" for k in a.arrays if k not in a.used]
+        what = "blob" if caffemodel else "array"
+        notes += [f"{what} '{k}' in {filename} maps to no layer; ignored" for k in a.arrays if k not in a.used]
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
 
 
