@@ -47,7 +47,20 @@ def test_v1_layers_and_double_data():
     np.testing.assert_array_equal(arrays["ip/0"], np.arange(1, 7, dtype=np.float32).reshape(1, 1, 2, 3))
 
 
-def test_blob_with_wrong_value_count_and_shapes_are_all_reported(tmp_path):
+def test_blob_whose_values_do_not_fill_its_shape():
+    from convc.importers.caffe_proto import message_class
+    net = message_class("NetParameter")()
+    for name, count in (("a", 5), ("b", 7)):
+        blob = net.layer.add(name=name).blobs.add()
+        blob.shape.dim.extend([2, 3])
+        blob.data.extend([0.5] * count)
+    with pytest.raises(convc.ConvcError) as info:
+        caffemodel_arrays(net.SerializeToString(), "m.caffemodel")
+    assert [d.message for d in info.value.diagnostics] == [
+        "blob 0 of layer 'a' has 5 values for its shape (2, 3)", "blob 0 of layer 'b' has 7 values for its shape (2, 3)"]
+
+
+def test_wrong_shapes_and_missing_blobs_are_all_reported(tmp_path):
     r = importers.caffe(LENET)
     blobs = caffe_blobs(r, convc.parse(r.text).init_params(0))
     blobs["conv2"][0] = np.zeros((50, 20, 3, 3), np.float32)
@@ -56,9 +69,10 @@ def test_blob_with_wrong_value_count_and_shapes_are_all_reported(tmp_path):
     path = tmp_path / "bad.caffemodel"
     write_caffemodel(path, blobs)
     with pytest.raises(convc.ConvcError) as info:
-        importers.convert_weights(r, read_caffemodel(path), filename=str(path))
+        importers.convert_weights(r, read_caffemodel(path), filename=str(path), caffemodel=True)
     text = str(info.value)
-    assert "(50, 20, 3, 3)" in text and "(50, 20, 5, 5)" in text and "(7,)" in text and "'ip2/0'" in text
+    assert "(50, 20, 3, 3)" in text and "(50, 20, 5, 5)" in text and "(7,)" in text
+    assert "no blob 0 in a layer named 'ip2'" in text
     assert len(info.value.diagnostics) == 4
 
 
