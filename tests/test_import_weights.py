@@ -306,3 +306,76 @@ def test_shared_cuda_convnet2_file_imports():
     r = importers.cuda_convnet(layers, layers.with_name("layer-params-cifar10-11pct.cfg"), (3, 24, 24))
     net = convc.parse(r.text)
     assert net.output.out_shape == (10,)
+
+
+MULTI_INPUT = """[data]
+type=data
+dataIdx=0
+
+[a]
+type=conv
+inputs=data
+channels=3
+filters=16
+filterSize=3
+padding=1
+
+[b]
+type=conv
+inputs=data
+channels=3
+filters=16
+filterSize=1
+
+[c]
+type=conv
+inputs=a,b
+channels=16,16
+filters=32,32
+filterSize=3,3
+padding=1,1
+stride=2,2
+neuron=relu
+
+[f]
+type=fc
+inputs=c,a
+outputs=5
+"""
+
+
+def test_cuda_convnet2_several_inputs_sum_one_product_each():
+    """conv and fc with several inputs: Σ_i W_i·x_i, with cuda-convnet's per-input weight layouts."""
+    import torch
+    import torch.nn.functional as F
+    text = MULTI_INPUT.replace("inputs=c,a", "inputs=c,c").replace("stride=2,2", "stride=1,1")
+    r = importers.cuda_convnet("l.cfg", None, (3, 6, 6), layers_text=text)
+    assert "concat c_inputs from a, b" in " ".join(r.text.split())
+    rng = np.random.default_rng(0)
+    arrays = {"a/weights": rng.standard_normal((27, 16)), "a/biases": rng.standard_normal((16, 1)),
+              "b/weights": rng.standard_normal((3, 16)), "b/biases": rng.standard_normal((16, 1)),
+              "c/weights/0": rng.standard_normal((16 * 9, 32)), "c/weights/1": rng.standard_normal((16 * 9, 32)),
+              "c/biases": rng.standard_normal((32, 1)),
+              "f/weights/0": rng.standard_normal((32 * 36, 5)), "f/weights/1": rng.standard_normal((32 * 36, 5)),
+              "f/biases": rng.standard_normal((1, 5))}
+    params = importers.convert_weights(r, arrays)
+    net = convc.parse(r.text)
+    x = rng.standard_normal((2, 3, 6, 6))
+    y = convc.oracle.run(net, x, {k: v.astype(np.float64) for k, v in params.items()})
+
+    def conv(t, w, cin, k, pad, stride=1):       # cuda-convnet's (C·K·K, F) layout, rows (c, y, x)
+        return F.conv2d(t, torch.from_numpy(w.reshape(cin, k, k, -1).transpose(3, 0, 1, 2).copy()),
+                        padding=pad, stride=stride)
+    t = torch.from_numpy(x)
+    a = conv(t, arrays["a/weights"], 3, 3, 1) + torch.from_numpy(arrays["a/biases"].reshape(1, 16, 1, 1))
+    b = conv(t, arrays["b/weights"], 3, 1, 0) + torch.from_numpy(arrays["b/biases"].reshape(1, 16, 1, 1))
+    c = torch.relu(conv(a, arrays["c/weights/0"], 16, 3, 1) + conv(b, arrays["c/weights/1"], 16, 3, 1)
+                   + torch.from_numpy(arrays["c/biases"].reshape(1, 32, 1, 1)))
+    flat = c.reshape(2, -1)
+    f = (flat @ torch.from_numpy(arrays["f/weights/0"]) + flat @ torch.from_numpy(arrays["f/weights/1"])
+         + torch.from_numpy(arrays["f/biases"]))
+    np.testing.assert_allclose(y, f.numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(convc.ConvcError, match="differ"):
+        importers.cuda_convnet("l.cfg", None, (3, 6, 6), layers_text=MULTI_INPUT.replace("filterSize=3,3", "filterSize=3,1"))
+    with pytest.raises(convc.ConvcError, match="different height or width"):
+        importers.cuda_convnet("l.cfg", None, (3, 6, 6), layers_text=MULTI_INPUT)      # fc of c (4x4) and a (6x6)

@@ -325,9 +325,51 @@ _WORDS[_bool] = "a boolean (0 or 1)"
 
 
 # ----------------------------------------------------------------------------- converters
+# conv/fc keys that cuda-convnet2 gives once per input (`filterSize=3,3`)
+PER_INPUT_KEYS = ("filters", "padding", "stride", "filtersize", "groups", "filterchannels", "channels")
+
+
+def join_inputs(imp: CudaConvnetImporter, layer: CLayer, inputs) -> tuple[list[Rec], list[int]]:
+    """A conv or fc with several inputs sums one product per input: Σ W_i·x_i = W·concat(x_i),
+    with W the per-input weights stacked in input order. So the inputs are joined by a
+    `concat` NAME_inputs first, and the per-input keys (which must agree) become one.
+    Returns the concat record and each input's size (channels for conv, values for fc)."""
+    shapes = [imp.shape[i] for i in inputs]
+    if len({s[1:] for s in shapes}) > 1:
+        imp.fail(layer, f"inputs of different height or width {[f'{s[1]}x{s[2]}' for s in shapes]}: "
+                        ".conv can only join inputs of one size", imp.pos(layer, "inputs"))
+    for key in PER_INPUT_KEYS:
+        o = layer.sec.get(key)
+        if o is None:
+            continue
+        values = [v.strip() for v in o.value.split(",")]
+        if len(values) not in (1, len(inputs)):
+            imp.fail(layer, f"{o.key} has {len(values)} values for {len(inputs)} inputs", o.value_pos)
+        if key == "channels":
+            for name, value, shape in zip(inputs, values * len(inputs), shapes):
+                if value != str(shape[0]):
+                    imp.fail(layer, f"channels={value} for input '{name}', which has {shape[0]}", o.value_pos)
+            o.value = str(sum(s[0] for s in shapes))
+        elif len(set(values)) > 1:
+            imp.fail(layer, f"{o.key}={o.value} differs between inputs: .conv applies one geometry to the "
+                            "joined inputs", o.value_pos)
+        else:
+            o.value = values[0]
+    if imp.opt(layer, "groups", int, 1) != 1:
+        imp.fail(layer, "groups with several inputs: the groups of the joined input differ", imp.pos(layer, "groups"))
+    rec = Rec("concat", imp.names.new(f"{layer.name}_inputs"), list(inputs), origin=layer.name)
+    imp.shape[rec.name] = (sum(s[0] for s in shapes), *shapes[0][1:])
+    imp.notes.append(f"layer '{layer.name}' ({layer.type}) sums one product per input: it reads their "
+                     f"concatenation '{rec.name}', with the per-input weights stacked")
+    return [rec], [s[0] if layer.type == "conv" else math.prod(s) for s in shapes]
+
+
 def conv_or_local(imp: CudaConvnetImporter, layer: CLayer, inputs) -> list[Rec]:
     local = layer.type == "local"
-    src = imp.one_input(layer, inputs, "cuda-convnet sums the convolutions of all inputs, .conv cannot")
+    joined, parts = join_inputs(imp, layer, inputs) if len(inputs) > 1 and not local else ([], None)
+    if joined:
+        inputs = [joined[0].name]
+    src = imp.one_input(layer, inputs, "cuda-convnet sums the products of all inputs, .conv cannot for local")
     c, h, w = imp.image(layer, src)
     for key in ("randSparse",):
         if imp.opt(layer, key, _bool, False):
@@ -360,8 +402,9 @@ def conv_or_local(imp: CudaConvnetImporter, layer: CLayer, inputs) -> list[Rec]:
                          f"= filters={filters} in .conv")
     rec = imp.new(layer, layer.type, [src], (filters, out, out_w), keys=keys)
     rec.weights = {"op": "cuda-convnet", "kind": layer.type, "layer": rec.name, "src": layer.name,
-                   "channels": c // groups, "size": size, "filters": filters, "out": (out, out_w)}
-    return _with_neuron(imp, layer, rec)
+                   "channels": c // groups, "size": size, "filters": filters, "out": (out, out_w),
+                   "parts": [p * size * size for p in parts] if parts else None}
+    return joined + _with_neuron(imp, layer, rec)
 
 
 def _with_neuron(imp: CudaConvnetImporter, layer: CLayer, rec: Rec) -> list[Rec]:
@@ -414,14 +457,15 @@ def norm(imp: CudaConvnetImporter, layer: CLayer, inputs) -> list[Rec]:
 
 
 def fc(imp: CudaConvnetImporter, layer: CLayer, inputs) -> list[Rec]:
-    src = imp.one_input(layer, inputs, "cuda-convnet sums W_i·x_i over all inputs, .conv cannot")
+    joined, parts = join_inputs(imp, layer, inputs) if len(inputs) > 1 else ([], None)
+    src = joined[0].name if joined else inputs[0]
     if imp.opt(layer, "weightSource", str, ""):
         imp.report(layer, "weightSource (weights shared with another layer)", imp.pos(layer, "weightSource"))
     outputs = imp.opt(layer, "outputs", int, required=True)
     rec = imp.new(layer, "fc", [src], (outputs, 1, 1), keys={"outputs": outputs})
     rec.weights = {"op": "cuda-convnet", "kind": "fc", "layer": rec.name, "src": layer.name,
-                   "inputs": math.prod(imp.shape[src]), "outputs": outputs}
-    return _with_neuron(imp, layer, rec)
+                   "inputs": math.prod(imp.shape[src]), "outputs": outputs, "parts": parts}
+    return joined + _with_neuron(imp, layer, rec)
 
 
 def softmax(imp: CudaConvnetImporter, layer: CLayer, inputs) -> list[Rec]:

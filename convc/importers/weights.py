@@ -182,6 +182,21 @@ def _ccn_names(src: str, what: str) -> list[str]:
     return [f"{src}/{what}", f"{src}_{alias[0]}", f"{src}/{alias[1]}"]
 
 
+def _ccn_weights(a: _Arrays, e: dict, rows: int, f: int):
+    """The (rows, F) weight matrix. A layer with several inputs (cuda-convnet2) has one matrix
+    per input, `L/weights/i` (or `L_w{i}`); stacked in input order they are the matrix of the
+    concatenated input, which is how the import reads such a layer."""
+    src, parts = e["src"], e.get("parts")
+    if not parts:
+        key, w = a.find(_ccn_names(src, "weights"), f"the weights of '{src}'")
+        return a.shaped(key, w, (rows, f), f"weights of '{src}'") if w is not None else None
+    blocks = []
+    for i, part_rows in enumerate(parts):
+        key, w = a.find([f"{src}/weights/{i}", f"{src}_w{i}"], f"the weights of '{src}' for input {i}")
+        blocks.append(a.shaped(key, w, (part_rows, f), f"weights of '{src}' for input {i}") if w is not None else None)
+    return None if any(b is None for b in blocks) else np.concatenate(blocks, axis=0)
+
+
 def ccn_conv_local(a: _Arrays, e: dict, expected: dict) -> dict:
     layer, src = e["layer"], e["src"]
     native = _native(a, layer, ["weight", "bias"], expected)
@@ -192,9 +207,7 @@ def ccn_conv_local(a: _Arrays, e: dict, expected: dict) -> dict:
     local = e["kind"] == "local"
     rows = (oh * ow if local else 1) * cg * k * k
     out = {}
-    key, w = a.find(_ccn_names(src, "weights"), f"the weights of '{src}'")
-    if w is not None:
-        w = a.shaped(key, w, (rows, f), f"weights of '{src}'")
+    w = _ccn_weights(a, e, rows, f)
     if w is not None:
         if local:
             out[f"{layer}.weight"] = w.reshape(oh, ow, cg, k, k, f).transpose(5, 0, 1, 2, 3, 4)
@@ -214,9 +227,7 @@ def ccn_fc(a: _Arrays, e: dict, expected: dict) -> dict:
     if native is not None:
         return native
     out = {}
-    key, w = a.find(_ccn_names(src, "weights"), f"the weights of '{src}'")
-    if w is not None:
-        w = a.shaped(key, w, (e["inputs"], e["outputs"]), f"weights of '{src}'")
+    w = _ccn_weights(a, e, e["inputs"], e["outputs"])
     if w is not None:
         out[f"{layer}.weight"] = w.T
     key, b = a.find(_ccn_names(src, "biases"), f"the biases of '{src}'")
