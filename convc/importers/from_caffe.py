@@ -37,6 +37,7 @@ TRAINING_ONLY = {"Accuracy", "SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEn
 # Layers that read a data set: the network input comes from them (or from --input).
 DATA_LAYERS = {"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "DummyData"}
 
+CHOOSE_STATE = "choose the layers with --phase TEST|TRAIN and --stage NAME"
 # Types whose layers may have several tops.
 MULTI_TOP = {"Split", "Slice"}
 # Fields of a layer that do not change what it computes at inference.
@@ -140,13 +141,17 @@ class CaffeImporter:
                 for top in layer.tops:
                     self.blobs[top] = None
         if self.input_name is None and not self.rep.diagnostics:
-            state = f"--phase {self.phase}" + "".join(f" --stage {s}" for s in sorted(self.stages))
-            self.rep.error("the network has no input" + (
-                f"; the include/exclude rules for {state} left out the data layer(s) {', '.join(self.left_out)}"
-                if self.left_out else ""), Pos(1, 1, 1),
-                "choose the layers with --phase TEST|TRAIN and --stage NAME" if self.left_out else
-                "add `input: \"data\"` with `input_shape { dim: 1 dim: 3 dim: 227 dim: 227 }`, "
-                "an Input layer, or pass --input CxHxW")
+            self.rep.error("the network has no input" + self.left_out_text(), Pos(1, 1, 1),
+                           CHOOSE_STATE if self.left_out else
+                           "add `input: \"data\"` with `input_shape { dim: 1 dim: 3 dim: 227 dim: 227 }`, "
+                           "an Input layer, or pass --input CxHxW")
+
+    def left_out_text(self) -> str:
+        """Why there is no data: which data layers the include/exclude rules left out."""
+        if not self.left_out:
+            return ""
+        state = f"--phase {self.phase}" + "".join(f" --stage {s}" for s in sorted(self.stages))
+        return f"; the include/exclude rules for {state} left out the data layer(s) {', '.join(self.left_out)}"
 
     def read_net_inputs(self, root: Message) -> None:
         inputs = root.all("input")
@@ -316,12 +321,9 @@ class CaffeImporter:
     def input_of(self, layer: Layer, blob: str) -> str:
         if blob not in self.blobs:
             self.blobs[blob] = None      # reported once: later readers of the blob stay quiet
-            left_out = (f"; the include/exclude rules for --phase {self.phase}"
-                        + "".join(f" --stage {s}" for s in sorted(self.stages))
-                        + f" left out the data layer(s) {', '.join(self.left_out)}") if self.left_out else ""
-            self.unsupported(layer, f"bottom blob '{blob}' is not produced by any layer before it{left_out}",
-                             self.bottom_pos(layer, blob),
-                             "choose the layers with --phase TEST|TRAIN and --stage NAME" if left_out else None)
+            self.unsupported(layer, f"bottom blob '{blob}' is not produced by any layer before it"
+                             + self.left_out_text(), self.bottom_pos(layer, blob),
+                             CHOOSE_STATE if self.left_out else None)
         if blob in self.dropped and self.blobs[blob] is None:
             self.unsupported(layer, f"reads '{blob}', {self.dropped[blob]}", self.bottom_pos(layer, blob))
         if self.blobs[blob] is None:
