@@ -379,3 +379,14 @@ def test_cuda_convnet2_several_inputs_sum_one_product_each():
         importers.cuda_convnet("l.cfg", None, (3, 6, 6), layers_text=MULTI_INPUT.replace("filterSize=3,3", "filterSize=3,1"))
     with pytest.raises(convc.ConvcError, match="different height or width"):
         importers.cuda_convnet("l.cfg", None, (3, 6, 6), layers_text=MULTI_INPUT)      # fc of c (4x4) and a (6x6)
+
+
+def test_slice_after_an_unsupported_layer_adds_no_error():
+    text = """input: "data" input_dim: 1 input_dim: 6 input_dim: 4 input_dim: 4
+layer { name: "x" type: "MVN" bottom: "data" top: "x" }
+layer { name: "sl" type: "Slice" bottom: "x" top: "a" top: "b" }
+layer { name: "e" type: "Eltwise" bottom: "a" bottom: "b" top: "e" }
+"""
+    with pytest.raises(convc.ConvcError) as info:
+        importers.caffe("s.prototxt", text=text)
+    assert [d.message.split(":")[0] for d in info.value.diagnostics] == ["layer 'x' (MVN)"]

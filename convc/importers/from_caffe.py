@@ -406,6 +406,8 @@ class CaffeImporter:
         from ..network import build_network
         from ..parser import parse_statements
         from ..errors import Source
+        if self.tainted:           # an input was not imported (already reported): nothing to measure
+            raise _Skip()
         if name == self.input_name:
             return self.input_shape
         text = render([], ["convention caffe", f"input {self.input_name} {'x'.join(map(str, self.input_shape))}"],
