@@ -163,3 +163,14 @@ def test_info_rows():
     assert "channels [1,3)" in text and "offset 0" in text and "(1 + 1x)^2" in text and "shared" in text
     assert n.param_shapes() == {"r.slope": (1,)}
     assert n.init_params()["r.slope"][0] == pytest.approx(0.25)
+
+
+def test_bench_baseline_knows_the_new_layers():
+    """`convc bench`'s PyTorch baseline computes the same as the oracle (coeff included)."""
+    from convc.baselines import TorchNet
+    text = (BRANCHES + "max m from a, b, c\nmul p from a, b\nadd s from m, p, c coeff=[0.5,-2,1.5]\nprelu r\n"
+            "scale sc\nslice sl begin=1 end=3\ncrop cr size=3 offset=1x2\npower pw power=2 shift=1")
+    n, x, params, ys = run(text)
+    got = TorchNet(n, params)(torch.from_numpy(x), all_layers=True)
+    for name, expected in ys.items():
+        np.testing.assert_allclose(got[name].numpy(), expected, rtol=1e-9, atol=1e-9, err_msg=name)
