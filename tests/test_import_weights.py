@@ -390,3 +390,10 @@ layer { name: "e" type: "Eltwise" bottom: "a" bottom: "b" top: "e" }
     with pytest.raises(convc.ConvcError) as info:
         importers.caffe("s.prototxt", text=text)
     assert [d.message.split(":")[0] for d in info.value.diagnostics] == ["layer 'x' (MVN)"]
+
+
+@pytest.mark.parametrize("path", sorted(SHARED.glob("caffe/*.prototxt")) + sorted(SHARED.glob("more/caffe/*.prototxt")),
+                         ids=lambda p: p.name)
+def test_every_shared_prototxt_imports_and_checks(path):
+    net = convc.parse(importers.caffe(path).text)
+    assert net.output.out_shape and net.param_shapes()
