@@ -381,3 +381,93 @@ LOWER = {
     "batchnorm": batchnorm,
     **{name: activation_layer for name in ACTIVATIONS},
 }
+
+
+# ----------------------------------------------------------------------------- spec §2b layers
+def _channelwise(layer, x, fn, tag="elemwise"):
+    """y[b, c, ...] = fn(x[b, c, ...], c) for an (N, C) or (N, C, H, W) tensor."""
+    return te.compute(x.shape, lambda b, c, *rest: fn(x(b, c, *rest), c), name=layer.name, tag=tag)
+
+
+def prelu(layer, inputs, params):
+    slope, shared = params["slope"], layer.attrs["shared"]
+    zero = tirx.const(0.0, inputs[0].dtype)
+    # Select(v > 0, v, s·v): NaN > 0 is false, so NaN gives s·NaN = NaN (as PyTorch)
+    return _channelwise(layer, inputs[0],
+                        lambda v, c: tirx.Select(v > zero, v, slope[0 if shared else c] * v))
+
+
+def scale(layer, inputs, params):
+    s, shift = params["scale"], params.get("shift")
+    return _channelwise(layer, inputs[0], lambda v, c: v * s[c] + shift[c] if shift is not None else v * s[c])
+
+
+def _nan_max(a, b):
+    """max that returns NaN when either side is NaN (PyTorch's maximum); LLVM's maxnum would not."""
+    return tirx.Select(tirx.any(a > b, tirx.isnan(a)), a, b)   # a != a would be simplified to false
+
+
+def _elementwise(layer, inputs, combine):
+    def value(*i):
+        v = inputs[0](*i)
+        for t in inputs[1:]:
+            v = combine(v, t(*i))
+        return v
+    return te.compute(inputs[0].shape, value, name=layer.name, tag="elemwise")
+
+
+def add_coeff(layer, inputs, params):
+    """Σ coeff_i·x_i (Caffe Eltwise SUM); without coeff the plain sum."""
+    coeff = layer.attrs.get("coeff")
+    if coeff is None:
+        return add(layer, inputs, params)
+    dtype = inputs[0].dtype
+
+    def value(*i):
+        v = tirx.const(coeff[0], dtype) * inputs[0](*i)
+        for c, t in zip(coeff[1:], inputs[1:]):
+            v = v + tirx.const(c, dtype) * t(*i)
+        return v
+    return te.compute(inputs[0].shape, value, name=layer.name, tag="elemwise")
+
+
+def slice_channels(layer, inputs, params):
+    x, begin = inputs[0], layer.attrs["begin"]
+    shape = (x.shape[0], *layer.out_shape)
+    return te.compute(shape, lambda b, c, *rest: x(b, c + begin, *rest), name=layer.name, tag="injective")
+
+
+def crop(layer, inputs, params):
+    x, (dy, dx) = inputs[0], layer.attrs["offset"]
+    shape = (x.shape[0], *layer.out_shape)
+    return te.compute(shape, lambda b, c, y, z: x[b, c, y + dy, z + dx], name=layer.name, tag="injective")
+
+
+def power(layer, inputs, params):
+    x, a = inputs[0], layer.attrs
+    dtype = x.dtype
+
+    def value(*i):
+        v = x(*i)
+        if a["scale"] != 1.0:
+            v = tirx.const(a["scale"], dtype) * v
+        if a["shift"] != 0.0:
+            v = v + tirx.const(a["shift"], dtype)
+        if a["power"] == 1.0:
+            return v
+        if a["power"] == 2.0:
+            return v * v
+        return tirx.power(v, tirx.const(a["power"], dtype))
+    return te.compute(x.shape, value, name=layer.name, tag="elemwise")
+
+
+LOWER.update({
+    "prelu": prelu,
+    "scale": scale,
+    "add": add_coeff,
+    "max": lambda layer, inputs, params: _elementwise(layer, inputs, _nan_max),
+    "mul": lambda layer, inputs, params: _elementwise(layer, inputs, lambda a, b: a * b),
+    "slice": slice_channels,
+    "crop": crop,
+    "power": power,
+})

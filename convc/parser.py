@@ -124,6 +124,12 @@ class _ToAst(Transformer):
         pos = Pos(name.line + self.off, name.column, max(1, meta.end_column - name.column))
         return Value("call", (str(name), args), text, pos)
 
+    @v_args(meta=True)
+    def list(self, meta, numbers):
+        values = tuple(self._number(n) for n in numbers)
+        text = f"[{','.join(str(n) for n in numbers)}]"
+        return Value("list", values, text, Pos(meta.line + self.off, meta.column, max(1, meta.end_column - meta.column)))
+
 
 _SPACED_SHAPE = re.compile(r"\d\s+x|x\s+\d|\dx(?![0-9])")
 
