@@ -221,7 +221,8 @@ def _score(shape: Shape, tile_sizes: dict, reg_m: int, reg_n: int, blocks: int, 
     # consecutive threads on consecutive output columns: coalesced writes, conflict-free reads
     row = min(shape.axes[-1].extent, 8)
     coalesced = min(tile_sizes.get("z", row), row) / row if shape.kind != "fc" else 1
-    return waves * per_thread * loads * (256 / threads if blocks < SMS else 1) / (0.75 + 0.25 * coalesced)
+    idle = max(THREADS) / threads if blocks < SMS else 1   # fewer blocks than SMs: want full blocks
+    return waves * per_thread * loads * idle / (0.75 + 0.25 * coalesced)
 
 
 @lru_cache(maxsize=None)
