@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from functools import lru_cache
 
 import numpy as np
@@ -147,7 +148,8 @@ def test_nvcc_compiles_for_sm80_and_sm90a_within_limits(path, batch, tmp_path_fa
 
 
 def test_convc_build_prints_the_rule_per_kernel(tmp_path):
-    done = subprocess.run(["convc", "build", str(EXAMPLES[0].parent / "cifar10_11pct.conv"), "--target", "cuda",
+    done = subprocess.run([sys.executable, "-m", "convc.cli", "build", str(EXAMPLES[0].parent / "cifar10_11pct.conv"),
+                           "--target", "cuda",
                            "--no-records", "-o", str(tmp_path / "net.so")], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
