@@ -5,7 +5,8 @@
 #   bash benchmarks/gpu.sh prepare      # .gpucheck/: every example's CUDA .so (batch 1, 8; AlexNet and
 #                                       # cifar10_11pct at 128), the oracle's references, a lark wheel;
 #                                       # .gpu/a, .gpu/b: TVM bundles (../shared/gpu/pack.sh); sizes printed
-#   bash benchmarks/gpu.sh rehearse     # the device half on this machine: a dry run (no GPU here)
+#   bash benchmarks/gpu.sh rehearse     # the device half here: a dry run, then llvm builds in place of the
+#                                       # CUDA modules against the same references (no GPU here)
 # On the GPU machine, through the device tool's `run`, two calls back to back:
 #   run 1, carry [".gpu/a"]:               bash .gpu/a/stage.sh
 #   run 2, carry [".gpu/b", ".gpucheck"]:  bash benchmarks/gpu.sh device        (timeout_s 540)
@@ -18,8 +19,6 @@ check=.gpucheck
 site=/var/tmp/convc-site
 
 prepare() {
-  exclude=$(git rev-parse --git-path info/exclude)
-  grep -qx '/.gpucheck/' "$exclude" 2>/dev/null || echo '/.gpucheck/' >> "$exclude"
   rm -rf "$check" && mkdir -p "$check/wheels"
   python3 benchmarks/gpu_prepare.py --out "$check" "$@"
   # convc parses its networks with lark, which the GPU machine's image lacks
@@ -51,8 +50,9 @@ rehearse() {
   [ -d "$check" ] || prepare --quick
   export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
   out=${OUT:-$root/out}; mkdir -p "$out"
-  python3 benchmarks/gpu_check.py --dir "$check" --out "$out" --dry
-  head -20 "$out/gpu-results.md"
+  python3 benchmarks/gpu_check.py --dir "$check" --out "$out" --dry       # regenerated inputs match
+  python3 benchmarks/gpu_check.py --dir "$check" --out "$out" --cpu       # comparison logic, on llvm builds
+  sed -n '1,30p' "$out/gpu-results.md"
 }
 
 case "${1:-}" in

@@ -102,7 +102,7 @@ def compare(y: np.ndarray, refs, name: str) -> dict:
             "sumsq_rel_err": sumsq_err, "finite": finite}
 
 
-def run_case(directory: Path, name: str, dry: bool = False) -> dict:
+def run_case(directory: Path, name: str, dry: bool = False, cpu: bool = False) -> dict:
     import convc
     from convc.baselines import median
     manifest = json.loads((directory / "manifest.json").read_text())
@@ -113,7 +113,10 @@ def run_case(directory: Path, name: str, dry: bool = False) -> dict:
         return {**result, "ok": False, "error": "; ".join(problems)}
     if dry:                                  # the rehearsal on a machine without a GPU stops here
         return {**result, "ok": None, "note": "dry run: inputs and weights regenerated and checksums match"}
-    m = convc.load(directory / case["file"])
+    if cpu and case["batch"] != 1:
+        return {**result, "ok": None, "note": "CPU rehearsal: batch-1 cases only (untuned llvm builds are slow)"}
+    # the CPU rehearsal runs the same network built for llvm in place of the CUDA module
+    m = convc.compile(net, "llvm", case["batch"], records=None) if cpu else convc.load(directory / case["file"])
     started = time.perf_counter()
     y = m(x, params)
     result["first_run_s"] = round(time.perf_counter() - started, 2)   # includes NVRTC compiling the kernels
@@ -121,11 +124,13 @@ def run_case(directory: Path, name: str, dry: bool = False) -> dict:
         result.update(compare(y, np.load(directory / "refs.npz"), name))
     result["convc_ms"] = median(m.time(x, params, repeat=REPEAT)) * 1e3
     torch, why = torch_cuda()
-    if torch is None:
+    if cpu:
+        result["torch"] = "CPU rehearsal: no cuDNN timing"
+    elif torch is None:
         result["torch"] = why
     else:
         result.update(torch_timing(torch, net, params, x, y, case))
-    if case.get("per_kernel"):
+    if case.get("per_kernel") and not cpu:
         result["kernels"] = kernel_times(net, case)
     return result
 
@@ -170,11 +175,12 @@ def kernel_times(net, case) -> dict:
 
 
 # ----------------------------------------------------------------------------- all cases
-def run_all(directory: Path, out: Path, dry: bool) -> list[dict]:
+def run_all(directory: Path, out: Path, dry: bool, cpu: bool = False) -> list[dict]:
     manifest = json.loads((directory / "manifest.json").read_text())
     results = []
     for case in manifest["cases"]:
-        cmd = [sys.executable, __file__, "--dir", str(directory), "--one", case["name"]] + (["--dry"] if dry else [])
+        cmd = ([sys.executable, __file__, "--dir", str(directory), "--one", case["name"]]
+               + (["--dry"] if dry else []) + (["--cpu"] if cpu else []))
         started = time.perf_counter()
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=CASE_TIMEOUT_S)
@@ -261,24 +267,26 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for gpu-results.md")
     ap.add_argument("--one", help="run one case and print its JSON (used by the driver)")
     ap.add_argument("--dry", action="store_true", help="rehearsal without a GPU: everything up to running")
+    ap.add_argument("--cpu", action="store_true", help="rehearsal without a GPU: each checked case built for "
+                    "llvm instead of the CUDA module, compared with the same references")
     args = ap.parse_args(argv)
     directory = Path(args.dir)
     if args.one:
-        print(json.dumps(run_case(directory, args.one, args.dry), default=str), flush=True)
+        print(json.dumps(run_case(directory, args.one, args.dry, args.cpu), default=str), flush=True)
         return 0
     env = environment()
     print(json.dumps(env), flush=True)
-    dry = args.dry or not env.get("tvm_cuda_device")
+    dry = args.dry or not (env.get("tvm_cuda_device") or args.cpu)
     if dry and not args.dry:
         print("no CUDA device visible to TVM: a dry run (nothing is timed or compared)", flush=True)
-    results = run_all(directory, Path(args.out), dry)
+    results = run_all(directory, Path(args.out), dry, args.cpu)
     manifest = json.loads((directory / "manifest.json").read_text())
     for row in results:      # kernel -> layers and kinds, for the per-layer goals
         case = next((c for c in manifest["cases"] if c["name"] == row["case"]), {})
         row["kernel_layers"], row["kernel_kinds"] = case.get("kernels", {}), case.get("kinds", {})
     out = Path(args.out) / "gpu-results.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_report(out, env, results, dry)
+    write_report(out, env, results, dry or args.cpu)
     print(f"wrote {out}", flush=True)
     bad = [r for r in results if r.get("ok") is False]
     return 1 if bad else 0

@@ -38,9 +38,9 @@ from . import Rule, inspect_kernel
 SMS = 132                     # streaming multiprocessors of an H100/H200 (an A100 has 108)
 BLOCKS_PER_SM = 2             # resident blocks assumed when counting waves
 SHARED_BUDGET = 48 * 1024     # bytes of shared memory per block (the static limit)
-THREADS = range(32, 257, 32)  # threads per block (multiples of 32; at 512 ptxas spilled on sm_90a)
+THREADS = range(32, 129, 32)  # threads per block: at 256 and 512, ptxas aimed at 40-64 registers and spilled
 REG_TILES = (1, 2, 4)         # register tile per thread along one GEMM axis (4 x 4 at most)
-UNROLL = 512                  # pragma_auto_unroll_max_step on the inner loops
+UNROLL = 64                   # pragma_auto_unroll_max_step on the reduce steps (512 spilled more)
 
 
 class ConvcRule(Rule):
@@ -221,7 +221,8 @@ def _score(shape: Shape, tile_sizes: dict, reg_m: int, reg_n: int, blocks: int, 
     # consecutive threads on consecutive output columns: coalesced writes, conflict-free reads
     row = min(shape.axes[-1].extent, 8)
     coalesced = min(tile_sizes.get("z", row), row) / row if shape.kind != "fc" else 1
-    return waves * per_thread * loads * (256 / threads if blocks < SMS else 1) / (0.75 + 0.25 * coalesced)
+    idle = max(THREADS) / threads if blocks < SMS else 1   # fewer blocks than SMs: want full blocks
+    return waves * per_thread * loads * idle / (0.75 + 0.25 * coalesced)
 
 
 @lru_cache(maxsize=None)
