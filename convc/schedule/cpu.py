@@ -384,7 +384,8 @@ def schedule_dot(func, kernel, cpu: ISA):
     if extent % v:
         return None
     _, kv = sch.split(k, [None, v])
-    rf = sch.rfactor(kv, factor_axis=0)
+    spatial_dims = len(sch.get(red).iter_vars) - len(reduce)
+    rf = sch.rfactor(kv, factor_axis=spatial_dims)    # lanes innermost: accumulators are whole vectors
     # the output block's loops: (b, o, *positions)
     b, o, *positions = sch.get_loops(out)
     bt, ot = dot_tile(_extent(sch, b), _extent(sch, o), cpu)
