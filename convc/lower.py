@@ -96,20 +96,27 @@ def conv(layer, inputs, params):
 
 
 def local(layer, inputs, params):
-    """Unshared weights: output (y, z) of filter o uses W[o, y, z, c, i, j] and bias[o, y, z]."""
+    """Unshared weights: output (y, z) of filter o uses W[o, y, z, c, i, j] and bias[o, y, z].
+
+    The input windows are copied once into `<layer>_patch` (im2col: P[n, g, y, z, c, i, j],
+    padding applied there), so that the reduction reads P and W both contiguously along
+    (c, i, j): a dot product per output, vectorised along that axis."""
     a, x, w = layer.attrs, inputs[0], params["weight"]
     n = int(x.shape[0])
     f, oh, ow = layer.out_shape
-    cg, fg = layer.in_shapes[0][0] // a["groups"], f // a["groups"]
-    sh, sw = a["stride"]
+    g = a["groups"]
+    cg, fg = layer.in_shapes[0][0] // g, f // g
+    (kh, kw), (sh, sw) = a["size"], a["stride"]
     xp = _windowed_input(layer, x)
+    patch = te.compute((n, g, oh, ow, cg, kh, kw),
+                       lambda b, gi, y, z, c, i, j: xp[b, gi * cg + c, y * sh + i, z * sw + j],
+                       name=layer.name + "_patch", tag="injective")
     rc = te.reduce_axis((0, cg), "rc")
-    ry = te.reduce_axis((0, a["size"][0]), "ry")
-    rx = te.reduce_axis((0, a["size"][1]), "rx")
+    ry = te.reduce_axis((0, kh), "ry")
+    rx = te.reduce_axis((0, kw), "rx")
     acc = te.compute(
         (n, f, oh, ow),
-        lambda b, o, y, z: te.sum(xp[b, o // fg * cg + rc, y * sh + ry, z * sw + rx] * w[o, y, z, rc, ry, rx],
-                                  axis=[rc, ry, rx]),
+        lambda b, o, y, z: te.sum(patch[b, o // fg, y, z, rc, ry, rx] * w[o, y, z, rc, ry, rx], axis=[rc, ry, rx]),
         name=layer.name + "_local", tag="local_nchw")
     bias = params.get("bias")
     return _finish(lambda *i: acc(*i), acc.shape, layer.name,

@@ -373,8 +373,7 @@ def schedule_dot(func, kernel, cpu: ISA):
     sch = s_tir.Schedule(func)
     out = _inline_epilogue(sch, kernel.main)
     red = sch.get_sblock(kernel.main)
-    if kernel.kind == "fc":
-        _inline_producers(sch, kernel.main)
+    _inline_producers(sch, kernel.main, keep=[b for b in kernel.blocks if b.endswith("_patch")])
     loops = sch.get_loops(red)
     reducing = _reduce_loop_vars(sch, red)
     reduce = [lp for lp in loops if any(v.same_as(sch.get(lp).loop_var) for v in reducing)]
