@@ -53,6 +53,7 @@ from tvm import s_tir, tirx   # noqa: E402
 
 from tvm.tirx.analysis import undefined_vars   # noqa: E402
 
+from ..lower import batch_innermost   # noqa: E402
 from . import inspect_kernel   # noqa: E402
 
 _sblock_realize = tvm.get_global_func("s_tir.schedule.GetSBlockRealize")
@@ -373,7 +374,11 @@ def schedule_dot(func, kernel, cpu: ISA):
     sch = s_tir.Schedule(func)
     out = _inline_epilogue(sch, kernel.main)
     red = sch.get_sblock(kernel.main)
-    _inline_producers(sch, kernel.main, keep=[b for b in kernel.blocks if b.endswith("_patch")])
+    batch = _extent(sch, sch.get_loops(out)[0])
+    copies = [b for b in kernel.blocks if b.endswith("_patch") or (batch_innermost(batch) and b.endswith("_flat"))]
+    _inline_producers(sch, kernel.main, keep=copies)
+    if batch_innermost(batch):
+        return _schedule_batch_inner(sch, kernel, cpu, out, red)
     loops = sch.get_loops(red)
     reducing = _reduce_loop_vars(sch, red)
     reduce = [lp for lp in loops if any(v.same_as(sch.get(lp).loop_var) for v in reducing)]
@@ -410,6 +415,59 @@ def schedule_dot(func, kernel, cpu: ISA):
     for block in _root_blocks(sch):           # the im2col patches of a local layer
         if _name(sch, block).endswith("_patch"):
             parallel_vectorize(sch, block, cpu.lanes, inner_dims=3)
+    return sch
+
+
+def batch_tile(batch: int, outputs: int, cpu: ISA) -> tuple[int, int, int]:
+    """(images per vector, vectors per tile, outputs per tile) of the batch-innermost kernel:
+    ot*nb accumulators, nb input vectors and one broadcast weight within the register file."""
+    bvec = vector_factor(batch, cpu.lanes)
+    groups = batch // bvec
+    best = (1, 1)
+    for ot in (d for d in range(1, 17) if outputs % d == 0):
+        for nb in (d for d in range(1, groups + 1) if groups % d == 0):
+            if ot * nb + nb + 1 <= cpu.registers and ot * nb > best[0] * best[1]:
+                best = (ot, nb)
+    return bvec, best[1], best[0]
+
+
+def _schedule_batch_inner(sch, kernel, cpu: ISA, out, red):
+    """fc/local at large batch, on lower.py's batch-innermost copy of the input (flat[k, n],
+    P[g, y, z, c, i, j, n]): a tile of ot outputs x nb vectors of images; each step broadcasts
+    one weight per output and loads nb image vectors, so every weight is read once per tile
+    of nb*lanes images. No horizontal sums. Parallel over output tiles (and positions)."""
+    b, o, *positions = sch.get_loops(out)
+    bvec, nb, ot = batch_tile(_extent(sch, b), _extent(sch, o), cpu)
+    if _extent(sch, b) % bvec:
+        return None
+    work = _product(sch, sch.get_loops(out))
+    bo, bn, bl = sch.split(b, [None, nb, bvec])
+    oo, oi = sch.split(o, [None, ot])
+    sch.reorder(*positions, oo, bo, oi, bn, bl)
+    outer = sch.fuse(*positions, oo) if positions else oo
+    sch.vectorize(bl)
+    _parallel(sch, outer, work * 64)
+    sch.compute_at(red, bo)
+    own = sch.get_loops(red)[2:]
+    reducing = _reduce_loop_vars(sch, red)
+    is_reduce = [any(v.same_as(sch.get(lp).loop_var) for v in reducing) for lp in own]
+    reduce = [lp for lp, r in zip(own, is_reduce) if r]
+    spatial = [lp for lp, r in zip(own, is_reduce) if not r]      # (images, outputs), unit loops dropped
+    images = spatial[0]
+    tile = spatial[1:]
+    rn, rl = sch.split(images, [None, bvec])
+    sch.reorder(*reduce, *tile, rn, rl)
+    for lp in (*tile, rn):
+        sch.unroll(lp)
+    sch.vectorize(rl)
+    sch.set_scope(red, 0, "local")
+    # accumulators (b, o, ...) -> (o, ..., b): the image vector is contiguous, a whole register
+    sch.transform_layout(red, ("write", 0), lambda b, *rest: (*rest, b))
+    if reduce:                                # a reduction of extent 1 leaves no loop
+        sch.decompose_reduction(red, reduce[0])
+    for block in _root_blocks(sch):
+        if _name(sch, block).endswith(("_patch", "_flat")):
+            parallel_vectorize(sch, block, cpu.lanes, inner_dims=1)
     return sch
 
 
