@@ -358,7 +358,8 @@ def dot_tile(batch: int, outputs: int, cpu: ISA) -> tuple[int, int]:
     """Register tile (batch rows x outputs) of the dot-product kernel: bt*ot vector accumulators
     plus bt + ot loaded vectors fit the register file. Batch 1 is a GEMV: ot rows of the weight
     matrix stream at once against one input vector."""
-    bt_max, ot_max = (1, 4) if batch == 1 else ((4, 4) if cpu.registers >= 32 else (3, 3))
+    wide = cpu.registers >= 32
+    bt_max, ot_max = (1, 8 if wide else 4) if batch == 1 else ((4, 4) if wide else (3, 3))
     return _divisor_at_most(batch, bt_max), _divisor_at_most(outputs, ot_max)
 
 
