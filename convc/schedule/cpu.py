@@ -316,16 +316,17 @@ SOFTMAX_BLOCKS = ("softmax_maxelem", "softmax_exp", "softmax_expsum", "softmax_n
 
 def schedule_softmax(func, kernel, cpu: ISA):
     """Softmax over channels (topi's max, exp, sum, normalise). One (n, row) per parallel
-    iteration: max and sum over channels with the row's W positions as vector lanes, exp
-    recomputed where it is used (no buffer), the normalised row written as vectors. A 2-D input
+    iteration: max and sum over channels with the row's W positions as vector lanes, exp once
+    per element into a row buffer, the normalised row written as vectors. A 2-D input
     (after fc) vectorises the normalisation over channels; the two reductions stay serial."""
     sch = s_tir.Schedule(func)
     names = [_name(sch, b) for b in _root_blocks(sch)]
     found = {key: next((n for n in names if n.endswith(key)), None) for key in SOFTMAX_BLOCKS}
     if not all(found.values()):
         return None
-    sch.compute_inline(sch.get_sblock(found["softmax_exp"]))
-    out = _inline_epilogue(sch, found["softmax_expsum"])
+    out = _inline_epilogue(sch, found["softmax_norm"])
+    if _name(sch, out) != found["softmax_norm"]:          # an elementwise layer fused after it
+        sch.compute_inline(sch.get_sblock(found["softmax_norm"]))
     loops = sch.get_loops(out)
     if len(loops) == 4:
         n, c, y, z = loops
@@ -337,10 +338,14 @@ def schedule_softmax(func, kernel, cpu: ISA):
         _, vec = sch.split(inner, [None, vector_factor(_extent(sch, inner), cpu.lanes)])
     sch.vectorize(vec)
     _parallel(sch, rows, _product(sch, sch.get_loops(out)))
+    for key in ("softmax_expsum", "softmax_exp", "softmax_maxelem"):
+        sch.compute_at(sch.get_sblock(found[key]), rows)
     for key in ("softmax_expsum", "softmax_maxelem"):
-        block = sch.get_sblock(found[key])
-        sch.compute_at(block, rows)
-        _reduction_inside(sch, block, 1, cpu.lanes, fuse_spatial=False)
+        _reduction_inside(sch, sch.get_sblock(found[key]), 1, cpu.lanes, fuse_spatial=False)
+    exp_loops = sch.get_loops(sch.get_sblock(found["softmax_exp"]))[1:]
+    if exp_loops:
+        _, ev = sch.split(exp_loops[-1], [None, vector_factor(_extent(sch, exp_loops[-1]), cpu.lanes)])
+        sch.vectorize(ev)
     return sch
 
 
