@@ -160,16 +160,19 @@ def _reduce_loop_vars(sch, block) -> list:
     return found
 
 
+def _loops_by_kind(sch, block, loops) -> tuple[list, list]:
+    """(spatial, reduction) loops among `loops` of a block, each list in loop order."""
+    reducing = _reduce_loop_vars(sch, block)
+    is_reduce = [any(v.same_as(sch.get(lp).loop_var) for v in reducing) for lp in loops]
+    return ([lp for lp, r in zip(loops, is_reduce) if not r], [lp for lp, r in zip(loops, is_reduce) if r])
+
+
 def _reduction_inside(sch, block, depth: int, lanes: int, fuse_spatial: bool = True):
     """A reduction block placed (compute_at) `depth` loops deep: its own spatial loops are fused
     (or only the last one split) into vectors; the reduction loops go between the outer part and
     the vector, so one vector of accumulators stays in registers while the window is summed;
     the initialisation is split off."""
-    own = sch.get_loops(block)[depth:]
-    reducing = _reduce_loop_vars(sch, block)
-    is_reduce = [any(v.same_as(sch.get(lp).loop_var) for v in reducing) for lp in own]
-    reduce = [lp for lp, r in zip(own, is_reduce) if r]
-    spatial = [lp for lp, r in zip(own, is_reduce) if not r]
+    spatial, reduce = _loops_by_kind(sch, block, sch.get_loops(block)[depth:])
     vec = None
     if spatial:
         if fuse_spatial and len(spatial) > 1:
@@ -196,8 +199,8 @@ class Injective(Rule):
         for block in blocks[:-1]:
             _try(sch.compute_inline, block)
         lanes = isa(target).lanes
-        for block in _root_blocks(sch):
-            parallel_vectorize(sch, block, lanes)
+        if not all(_try(parallel_vectorize, sch, block, lanes) for block in _root_blocks(sch)):
+            return None
         return sch
 
 
@@ -210,16 +213,6 @@ def _guarded(schedule):
         except Exception:     # noqa: BLE001 - a rule that cannot schedule a kernel passes it on
             return None
     return apply
-
-
-def _depth(sch, loop) -> int:
-    """How many loops enclose `loop`, itself included."""
-    sref = sch.get_sref(loop)
-    depth = 0
-    while sref is not None and isinstance(sref.stmt, tirx.For):
-        depth += 1
-        sref = sref.parent
-    return depth
 
 
 # ------------------------------------------------------------------ pooling
@@ -385,9 +378,7 @@ def schedule_dot(func, kernel, cpu: ISA):
     _inline_producers(sch, kernel.main, keep=copies)
     if batch_innermost(batch):
         return _schedule_batch_inner(sch, kernel, cpu, out, red)
-    loops = sch.get_loops(red)
-    reducing = _reduce_loop_vars(sch, red)
-    reduce = [lp for lp in loops if any(v.same_as(sch.get(lp).loop_var) for v in reducing)]
+    _, reduce = _loops_by_kind(sch, red, sch.get_loops(red))
     k = sch.fuse(*reduce) if len(reduce) > 1 else reduce[0]
     extent = _extent(sch, k)
     v = vector_factor(extent, cpu.lanes)
@@ -407,10 +398,7 @@ def schedule_dot(func, kernel, cpu: ISA):
     sch.compute_at(red, bo)
     sch.compute_at(rf, bo)
     sch.set_scope(rf, 0, "local")
-    rf_loops = sch.get_loops(rf)[2:]          # (kv, bi, oi, ko) or a subset without unit loops
-    rf_reduce = _reduce_loop_vars(sch, rf)
-    ko = [lp for lp in rf_loops if any(v.same_as(sch.get(lp).loop_var) for v in rf_reduce)]
-    lanes = [lp for lp in rf_loops if not any(lp.same_as(r) for r in ko)]
+    lanes, ko = _loops_by_kind(sch, rf, sch.get_loops(rf)[2:])   # (kv, bi, oi), (ko); unit loops dropped
     kv_loop, tile = lanes[0], lanes[1:]
     sch.reorder(*ko, *tile, kv_loop)
     for lp in tile:
@@ -452,11 +440,7 @@ def _schedule_batch_inner(sch, kernel, cpu: ISA, out, red):
     sch.vectorize(bl)
     _parallel(sch, outer, work * 64)
     sch.compute_at(red, bo)
-    own = sch.get_loops(red)[2:]
-    reducing = _reduce_loop_vars(sch, red)
-    is_reduce = [any(v.same_as(sch.get(lp).loop_var) for v in reducing) for lp in own]
-    reduce = [lp for lp, r in zip(own, is_reduce) if r]
-    spatial = [lp for lp, r in zip(own, is_reduce) if not r]      # (images, outputs), unit loops dropped
+    spatial, reduce = _loops_by_kind(sch, red, sch.get_loops(red)[2:])   # (images, outputs), unit loops dropped
     images = spatial[0]
     tile = spatial[1:]
     rn, rl = sch.split(images, [None, bvec])
@@ -500,11 +484,7 @@ def schedule_deconv(func, kernel, cpu: ISA):
     sch.vectorize(zv)
     _parallel(sch, planes, _extent(sch, planes) * _extent(sch, y) * width)
     sch.compute_at(acc, planes)      # at a row, (y + pad) // s would not be an affine binding
-    own = sch.get_loops(acc)[1:]
-    reducing = _reduce_loop_vars(sch, acc)
-    is_reduce = [any(v.same_as(sch.get(lp).loop_var) for v in reducing) for lp in own]
-    spatial = [lp for lp, r in zip(own, is_reduce) if not r]      # (qh, rh, qw, rw), unit loops dropped
-    reduce = [lp for lp, r in zip(own, is_reduce) if r]
+    spatial, reduce = _loops_by_kind(sch, acc, sch.get_loops(acc)[1:])   # (qh, rh, qw, rw), unit loops dropped
     qw, phase = spatial[-2:] if _phases(sch, acc) > 1 else (spatial[-1], None)
     qo, qv = sch.split(qw, [None, vector_factor(_extent(sch, qw), cpu.lanes)])
     sch.reorder(*spatial[:-2 if phase is not None else -1], *([phase] if phase is not None else []), qo, *reduce, qv)
@@ -536,12 +516,8 @@ class Parallel(Rule):
         try:
             for block in _root_blocks(sch):
                 loops = sch.get_loops(block)
-                reducing = _reduce_loop_vars(sch, block)
-                spatial = []
-                for lp in loops:
-                    if any(v.same_as(sch.get(lp).loop_var) for v in reducing):
-                        break
-                    spatial.append(lp)
+                _, reduce = _loops_by_kind(sch, block, loops)
+                spatial = loops[:len(loops) - len(reduce)] if reduce else loops   # te puts reductions last
                 if spatial:
                     sch.parallel(sch.fuse(*spatial) if len(spatial) > 1 else spatial[0])
         except Exception:     # noqa: BLE001
