@@ -38,8 +38,6 @@ def isa(target) -> ISA:
     return ISA(4, 16, cores)
 
 
-
-
 # --- rules: non-conv kernels ---------------------------------------------------------------
 # Each rule: recognise (kernel kind from inspect_kernel, or the blocks' names / iteration kinds),
 # then schedule from the output backwards: the last block's loops are tiled (parallel outside,
