@@ -313,8 +313,8 @@ def lrn(layer, inputs, params):
         total = te.compute((n, c, h, w), lambda b, o, y, z: te.sum(rows[b, o, y + r, z], axis=r),
                            name=layer.name + "_sum")
         alpha = a["alpha"] / size**2
-    k = tirx.const(a["k"], x.dtype)
-    return te.compute(x.shape, lambda *i: x(*i) * _negative_power(k + tirx.const(alpha, x.dtype) * total(*i), a["beta"]),
+    k, scale = tirx.const(a["k"], x.dtype), tirx.const(alpha, x.dtype)
+    return te.compute(x.shape, lambda *i: x(*i) * _negative_power(k + scale * total(*i), a["beta"]),
                       name=layer.name, tag="elemwise")
 
 
