@@ -74,8 +74,11 @@ def rules_for(target) -> list[Rule]:
 def default_schedule(func: tirx.PrimFunc, target) -> tuple[tirx.PrimFunc | None, str]:
     """The first rule's schedule of one kernel: (scheduled PrimFunc, rule name), or (None, "none")."""
     for rule in rules_for(target):
-        with target:
-            sch = rule.apply(func, target, False)
+        try:
+            with target:
+                sch = rule.apply(func, target, False)
+        except Exception:     # noqa: BLE001 - a rule that fails on a kernel (DLight's GeneralReduction
+            sch = None        # on a chain of reductions) passes it on to the next rule
         if isinstance(sch, list):
             sch = sch[0] if sch else None
         if sch is not None:
