@@ -7,6 +7,7 @@ schedule inlines it); ceil rounding pads the bottom/right edge only, as in oracl
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from tvm import te, tirx, topi
@@ -111,20 +112,35 @@ def conv(layer, inputs, params):
 
 
 def local(layer, inputs, params):
-    """Unshared weights: output (y, z) of filter o uses W[o, y, z, c, i, j] and bias[o, y, z]."""
+    """Unshared weights: output (y, z) of filter o uses W[o, y, z, c, i, j] and bias[o, y, z].
+
+    The input windows are copied once into `<layer>_patch` (im2col, padding applied there):
+    P[n, g, y, z, c, i, j] at small batch, so P and W are both contiguous along (c, i, j) (a
+    dot product per output, vectorised along it); P[g, y, z, c, i, j, n] at large batch
+    (`batch_innermost`), so each weight multiplies a contiguous vector of images."""
     a, x, w = layer.attrs, inputs[0], params["weight"]
     n = int(x.shape[0])
     f, oh, ow = layer.out_shape
-    cg, fg = layer.in_shapes[0][0] // a["groups"], f // a["groups"]
-    sh, sw = a["stride"]
+    g = a["groups"]
+    cg, fg = layer.in_shapes[0][0] // g, f // g
+    (kh, kw), (sh, sw) = a["size"], a["stride"]
     xp = _windowed_input(layer, x)
     rc = te.reduce_axis((0, cg), "rc")
-    ry = te.reduce_axis((0, a["size"][0]), "ry")
-    rx = te.reduce_axis((0, a["size"][1]), "rx")
+    ry = te.reduce_axis((0, kh), "ry")
+    rx = te.reduce_axis((0, kw), "rx")
+    if batch_innermost(n):        # P[g, y, z, c, i, j, n]: one weight times a vector of images
+        patch = te.compute((g, oh, ow, cg, kh, kw, n),
+                           lambda gi, y, z, c, i, j, b: xp[b, gi * cg + c, y * sh + i, z * sw + j],
+                           name=layer.name + "_patch", tag="injective")
+        window = lambda b, o, y, z: patch[o // fg, y, z, rc, ry, rx, b]       # noqa: E731
+    else:
+        patch = te.compute((n, g, oh, ow, cg, kh, kw),
+                           lambda b, gi, y, z, c, i, j: xp[b, gi * cg + c, y * sh + i, z * sw + j],
+                           name=layer.name + "_patch", tag="injective")
+        window = lambda b, o, y, z: patch[b, o // fg, y, z, rc, ry, rx]       # noqa: E731
     acc = te.compute(
         (n, f, oh, ow),
-        lambda b, o, y, z: te.sum(xp[b, o // fg * cg + rc, y * sh + ry, z * sw + rx] * w[o, y, z, rc, ry, rx],
-                                  axis=[rc, ry, rx]),
+        lambda b, o, y, z: te.sum(window(b, o, y, z) * w[o, y, z, rc, ry, rx], axis=[rc, ry, rx]),
         name=layer.name + "_local", tag="local_nchw")
     bias = params.get("bias")
     return _finish(lambda *i: acc(*i), acc.shape, layer.name,
@@ -312,25 +328,40 @@ def lrn(layer, inputs, params):
         total = te.compute((n, c, h, w), lambda b, o, y, z: te.sum(rows[b, o, y + r, z], axis=r),
                            name=layer.name + "_sum")
         alpha = a["alpha"] / size**2
-    k = tirx.const(a["k"], x.dtype)
-    return te.compute(x.shape, lambda *i: x(*i) * _negative_power(k + tirx.const(alpha, x.dtype) * total(*i), a["beta"]),
+    k, scale = tirx.const(a["k"], x.dtype), tirx.const(alpha, x.dtype)
+    return te.compute(x.shape, lambda *i: x(*i) * _negative_power(k + scale * total(*i), a["beta"]),
                       name=layer.name, tag="elemwise")
 
 
+def batch_innermost(batch: int) -> bool:
+    """fc and local at this batch read their input with the batch as the innermost axis (a
+    transposed copy), so the schedule multiplies each weight by a vector of images."""
+    return batch >= 8
+
+
 def fc(layer, inputs, params):
+    """y[b, o] = sum_k flat[b, k] w[o, k]; the input flattened in C, H, W order. At large batch
+    (`batch_innermost`) `<layer>_flat` is the transposed copy flat[k, b]."""
     x, w = inputs[0], params["weight"]
     n = int(x.shape[0])
     dims = [int(d) for d in x.shape[1:]]
     if len(dims) > 1:   # flatten in C, H, W order
         c, h, wd = dims
-        flat = te.compute((n, c * h * wd),
-                          lambda b, k: x[b, k // (h * wd), k // wd % h, k % wd], name=layer.name + "_flat",
-                          tag="injective")
+        element = lambda b, k: x[b, k // (h * wd), k // wd % h, k % wd]      # noqa: E731
     else:
-        flat = x
-    k = te.reduce_axis((0, int(flat.shape[1])), "k")
+        element = lambda b, k: x[b, k]                                      # noqa: E731
+    size = math.prod(dims)
+    k = te.reduce_axis((0, size), "k")
+    if batch_innermost(n):
+        flat = te.compute((size, n), lambda kk, b: element(b, kk), name=layer.name + "_flat", tag="injective")
+        value = lambda b: flat[k, b]                                        # noqa: E731
+    elif len(dims) > 1:
+        flat = te.compute((n, size), element, name=layer.name + "_flat", tag="injective")
+        value = lambda b: flat[b, k]                                        # noqa: E731
+    else:
+        value = lambda b: x[b, k]                                           # noqa: E731
     outputs = layer.attrs["outputs"]
-    acc = te.compute((n, outputs), lambda b, o: te.sum(flat[b, k] * w[o, k], axis=k), name=layer.name + "_dense",
+    acc = te.compute((n, outputs), lambda b, o: te.sum(value(b) * w[o, k], axis=k), name=layer.name + "_dense",
                      tag="dense")
     bias = params.get("bias")
     return _finish(lambda *i: acc(*i), acc.shape, layer.name,

@@ -100,8 +100,12 @@ def _check_against_oracle(net, batch):
     return m.report
 
 
-@pytest.mark.parametrize("batch", [1, 3])
-@pytest.mark.parametrize("name", sorted(NETS))
+# batch 8 and up: fc and local read a batch-innermost copy of their input (lower.batch_innermost)
+CASES = [(name, batch) for name in sorted(NETS) for batch in (1, 3)] + [("fc_softmax", 16), ("fc_flat", 8),
+                                                                        ("local", 16)]
+
+
+@pytest.mark.parametrize("name,batch", CASES)
 def test_default_schedules_match_the_oracle_and_use_their_rule(name, batch):
     net = convc.parse(NETS[name], f"{name}.conv")
     report = _check_against_oracle(net, batch)

@@ -235,6 +235,7 @@ from tvm import s_tir, tirx   # noqa: E402
 
 from tvm.tirx.analysis import undefined_vars   # noqa: E402
 
+from ..lower import batch_innermost   # noqa: E402
 from . import inspect_kernel   # noqa: E402
 
 _sblock_realize = tvm.get_global_func("s_tir.schedule.GetSBlockRealize")
@@ -341,16 +342,19 @@ def _reduce_loop_vars(sch, block) -> list:
     return found
 
 
+def _loops_by_kind(sch, block, loops) -> tuple[list, list]:
+    """(spatial, reduction) loops among `loops` of a block, each list in loop order."""
+    reducing = _reduce_loop_vars(sch, block)
+    is_reduce = [any(v.same_as(sch.get(lp).loop_var) for v in reducing) for lp in loops]
+    return ([lp for lp, r in zip(loops, is_reduce) if not r], [lp for lp, r in zip(loops, is_reduce) if r])
+
+
 def _reduction_inside(sch, block, depth: int, lanes: int, fuse_spatial: bool = True):
     """A reduction block placed (compute_at) `depth` loops deep: its own spatial loops are fused
     (or only the last one split) into vectors; the reduction loops go between the outer part and
     the vector, so one vector of accumulators stays in registers while the window is summed;
     the initialisation is split off."""
-    own = sch.get_loops(block)[depth:]
-    reducing = _reduce_loop_vars(sch, block)
-    is_reduce = [any(v.same_as(sch.get(lp).loop_var) for v in reducing) for lp in own]
-    reduce = [lp for lp, r in zip(own, is_reduce) if r]
-    spatial = [lp for lp, r in zip(own, is_reduce) if not r]
+    spatial, reduce = _loops_by_kind(sch, block, sch.get_loops(block)[depth:])
     vec = None
     if spatial:
         if fuse_spatial and len(spatial) > 1:
@@ -377,8 +381,8 @@ class Injective(Rule):
         for block in blocks[:-1]:
             _try(sch.compute_inline, block)
         lanes = isa(target).lanes
-        for block in _root_blocks(sch):
-            parallel_vectorize(sch, block, lanes)
+        if not all(_try(parallel_vectorize, sch, block, lanes) for block in _root_blocks(sch)):
+            return None
         return sch
 
 
@@ -391,16 +395,6 @@ def _guarded(schedule):
         except Exception:     # noqa: BLE001 - a rule that cannot schedule a kernel passes it on
             return None
     return apply
-
-
-def _depth(sch, loop) -> int:
-    """How many loops enclose `loop`, itself included."""
-    sref = sch.get_sref(loop)
-    depth = 0
-    while sref is not None and isinstance(sref.stmt, tirx.For):
-        depth += 1
-        sref = sref.parent
-    return depth
 
 
 # ------------------------------------------------------------------ pooling
@@ -497,16 +491,17 @@ SOFTMAX_BLOCKS = ("softmax_maxelem", "softmax_exp", "softmax_expsum", "softmax_n
 
 def schedule_softmax(func, kernel, cpu: ISA):
     """Softmax over channels (topi's max, exp, sum, normalise). One (n, row) per parallel
-    iteration: max and sum over channels with the row's W positions as vector lanes, exp
-    recomputed where it is used (no buffer), the normalised row written as vectors. A 2-D input
+    iteration: max and sum over channels with the row's W positions as vector lanes, exp once
+    per element into a row buffer, the normalised row written as vectors. A 2-D input
     (after fc) vectorises the normalisation over channels; the two reductions stay serial."""
     sch = s_tir.Schedule(func)
     names = [_name(sch, b) for b in _root_blocks(sch)]
     found = {key: next((n for n in names if n.endswith(key)), None) for key in SOFTMAX_BLOCKS}
     if not all(found.values()):
         return None
-    sch.compute_inline(sch.get_sblock(found["softmax_exp"]))
-    out = _inline_epilogue(sch, found["softmax_expsum"])
+    out = _inline_epilogue(sch, found["softmax_norm"])
+    if _name(sch, out) != found["softmax_norm"]:          # an elementwise layer fused after it
+        sch.compute_inline(sch.get_sblock(found["softmax_norm"]))
     loops = sch.get_loops(out)
     if len(loops) == 4:
         n, c, y, z = loops
@@ -518,10 +513,14 @@ def schedule_softmax(func, kernel, cpu: ISA):
         _, vec = sch.split(inner, [None, vector_factor(_extent(sch, inner), cpu.lanes)])
     sch.vectorize(vec)
     _parallel(sch, rows, _product(sch, sch.get_loops(out)))
+    for key in ("softmax_expsum", "softmax_exp", "softmax_maxelem"):
+        sch.compute_at(sch.get_sblock(found[key]), rows)
     for key in ("softmax_expsum", "softmax_maxelem"):
-        block = sch.get_sblock(found[key])
-        sch.compute_at(block, rows)
-        _reduction_inside(sch, block, 1, cpu.lanes, fuse_spatial=False)
+        _reduction_inside(sch, sch.get_sblock(found[key]), 1, cpu.lanes, fuse_spatial=False)
+    exp_loops = sch.get_loops(sch.get_sblock(found["softmax_exp"]))[1:]
+    if exp_loops:
+        _, ev = sch.split(exp_loops[-1], [None, vector_factor(_extent(sch, exp_loops[-1]), cpu.lanes)])
+        sch.vectorize(ev)
     return sch
 
 
@@ -539,7 +538,8 @@ def dot_tile(batch: int, outputs: int, cpu: ISA) -> tuple[int, int]:
     """Register tile (batch rows x outputs) of the dot-product kernel: bt*ot vector accumulators
     plus bt + ot loaded vectors fit the register file. Batch 1 is a GEMV: ot rows of the weight
     matrix stream at once against one input vector."""
-    bt_max, ot_max = (1, 4) if batch == 1 else ((4, 4) if cpu.registers >= 32 else (3, 3))
+    wide = cpu.registers >= 32
+    bt_max, ot_max = (1, 8 if wide else 4) if batch == 1 else ((4, 4) if wide else (3, 3))
     return _divisor_at_most(batch, bt_max), _divisor_at_most(outputs, ot_max)
 
 
@@ -555,18 +555,20 @@ def schedule_dot(func, kernel, cpu: ISA):
     sch = s_tir.Schedule(func)
     out = _inline_epilogue(sch, kernel.main)
     red = sch.get_sblock(kernel.main)
-    if kernel.kind == "fc":
-        _inline_producers(sch, kernel.main)
-    loops = sch.get_loops(red)
-    reducing = _reduce_loop_vars(sch, red)
-    reduce = [lp for lp in loops if any(v.same_as(sch.get(lp).loop_var) for v in reducing)]
+    batch = _extent(sch, sch.get_loops(out)[0])
+    copies = [b for b in kernel.blocks if b.endswith("_patch") or (batch_innermost(batch) and b.endswith("_flat"))]
+    _inline_producers(sch, kernel.main, keep=copies)
+    if batch_innermost(batch):
+        return _schedule_batch_inner(sch, kernel, cpu, out, red)
+    _, reduce = _loops_by_kind(sch, red, sch.get_loops(red))
     k = sch.fuse(*reduce) if len(reduce) > 1 else reduce[0]
     extent = _extent(sch, k)
     v = vector_factor(extent, cpu.lanes)
     if extent % v:
         return None
     _, kv = sch.split(k, [None, v])
-    rf = sch.rfactor(kv, factor_axis=0)
+    spatial_dims = len(sch.get(red).iter_vars) - len(reduce)
+    rf = sch.rfactor(kv, factor_axis=spatial_dims)    # lanes innermost: accumulators are whole vectors
     # the output block's loops: (b, o, *positions)
     b, o, *positions = sch.get_loops(out)
     bt, ot = dot_tile(_extent(sch, b), _extent(sch, o), cpu)
@@ -578,10 +580,7 @@ def schedule_dot(func, kernel, cpu: ISA):
     sch.compute_at(red, bo)
     sch.compute_at(rf, bo)
     sch.set_scope(rf, 0, "local")
-    rf_loops = sch.get_loops(rf)[2:]          # (kv, bi, oi, ko) or a subset without unit loops
-    rf_reduce = _reduce_loop_vars(sch, rf)
-    ko = [lp for lp in rf_loops if any(v.same_as(sch.get(lp).loop_var) for v in rf_reduce)]
-    lanes = [lp for lp in rf_loops if not any(lp.same_as(r) for r in ko)]
+    lanes, ko = _loops_by_kind(sch, rf, sch.get_loops(rf)[2:])   # (kv, bi, oi), (ko); unit loops dropped
     kv_loop, tile = lanes[0], lanes[1:]
     sch.reorder(*ko, *tile, kv_loop)
     for lp in tile:
@@ -592,6 +591,53 @@ def schedule_dot(func, kernel, cpu: ISA):
     for block in _root_blocks(sch):           # the im2col patches of a local layer
         if _name(sch, block).endswith("_patch"):
             parallel_vectorize(sch, block, cpu.lanes, inner_dims=3)
+    return sch
+
+
+def batch_tile(batch: int, outputs: int, cpu: ISA) -> tuple[int, int, int]:
+    """(images per vector, vectors per tile, outputs per tile) of the batch-innermost kernel:
+    ot*nb accumulators, nb input vectors and one broadcast weight within the register file."""
+    bvec = vector_factor(batch, cpu.lanes)
+    groups = batch // bvec
+    fits = [(ot * nb, ot, nb) for ot in range(1, 17) if outputs % ot == 0
+            for nb in range(1, groups + 1) if groups % nb == 0 and ot * nb + nb + 1 <= cpu.registers]
+    _, ot, nb = max(fits)      # most accumulators; then most outputs (image vectors stream from L2,
+    return bvec, nb, ot        # weights are broadcast from L1: fewer image loads per FMA)
+
+
+def _schedule_batch_inner(sch, kernel, cpu: ISA, out, red):
+    """fc/local at large batch, on lower.py's batch-innermost copy of the input (flat[k, n],
+    P[g, y, z, c, i, j, n]): a tile of ot outputs x nb vectors of images; each step broadcasts
+    one weight per output and loads nb image vectors, so every weight is read once per tile
+    of nb*lanes images. No horizontal sums. Parallel over output tiles (and positions)."""
+    b, o, *positions = sch.get_loops(out)
+    bvec, nb, ot = batch_tile(_extent(sch, b), _extent(sch, o), cpu)
+    if _extent(sch, b) % bvec:
+        return None
+    work = _product(sch, sch.get_loops(out))
+    bo, bn, bl = sch.split(b, [None, nb, bvec])
+    oo, oi = sch.split(o, [None, ot])
+    sch.reorder(*positions, oo, bo, oi, bn, bl)
+    outer = sch.fuse(*positions, oo) if positions else oo
+    sch.vectorize(bl)
+    _parallel(sch, outer, work * 64)
+    sch.compute_at(red, bo)
+    spatial, reduce = _loops_by_kind(sch, red, sch.get_loops(red)[2:])   # (images, outputs), unit loops dropped
+    images = spatial[0]
+    tile = spatial[1:]
+    rn, rl = sch.split(images, [None, bvec])
+    sch.reorder(*reduce, *tile, rn, rl)
+    for lp in (*tile, rn):
+        sch.unroll(lp)
+    sch.vectorize(rl)
+    sch.set_scope(red, 0, "local")
+    # accumulators (b, o, ...) -> (o, ..., b): the image vector is contiguous, a whole register
+    sch.transform_layout(red, ("write", 0), lambda b, *rest: (*rest, b))
+    if reduce:                                # a reduction of extent 1 leaves no loop
+        sch.decompose_reduction(red, reduce[0])
+    for block in _root_blocks(sch):
+        if _name(sch, block).endswith(("_patch", "_flat")):
+            parallel_vectorize(sch, block, cpu.lanes, inner_dims=1)
     return sch
 
 
@@ -620,11 +666,7 @@ def schedule_deconv(func, kernel, cpu: ISA):
     sch.vectorize(zv)
     _parallel(sch, planes, _extent(sch, planes) * _extent(sch, y) * width)
     sch.compute_at(acc, planes)      # at a row, (y + pad) // s would not be an affine binding
-    own = sch.get_loops(acc)[1:]
-    reducing = _reduce_loop_vars(sch, acc)
-    is_reduce = [any(v.same_as(sch.get(lp).loop_var) for v in reducing) for lp in own]
-    spatial = [lp for lp, r in zip(own, is_reduce) if not r]      # (qh, rh, qw, rw), unit loops dropped
-    reduce = [lp for lp, r in zip(own, is_reduce) if r]
+    spatial, reduce = _loops_by_kind(sch, acc, sch.get_loops(acc)[1:])   # (qh, rh, qw, rw), unit loops dropped
     qw, phase = spatial[-2:] if _phases(sch, acc) > 1 else (spatial[-1], None)
     qo, qv = sch.split(qw, [None, vector_factor(_extent(sch, qw), cpu.lanes)])
     sch.reorder(*spatial[:-2 if phase is not None else -1], *([phase] if phase is not None else []), qo, *reduce, qv)
@@ -656,12 +698,8 @@ class Parallel(Rule):
         try:
             for block in _root_blocks(sch):
                 loops = sch.get_loops(block)
-                reducing = _reduce_loop_vars(sch, block)
-                spatial = []
-                for lp in loops:
-                    if any(v.same_as(sch.get(lp).loop_var) for v in reducing):
-                        break
-                    spatial.append(lp)
+                _, reduce = _loops_by_kind(sch, block, loops)
+                spatial = loops[:len(loops) - len(reduce)] if reduce else loops   # te puts reductions last
                 if spatial:
                     sch.parallel(sch.fuse(*spatial) if len(spatial) > 1 else spatial[0])
         except Exception:     # noqa: BLE001
