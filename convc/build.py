@@ -48,14 +48,14 @@ class TargetInfo:
 
 
 def make_target(kind: str = "llvm", arch: str | None = None) -> TargetInfo:
+    if arch is not None and kind != "cuda":
+        raise ConvcError(f"arch {arch!r} (--arch) applies to the cuda target only")
     if kind == "llvm":
         # from_device detects the CPU (e.g. znver5 with AVX-512); mcpu=native would silently give SSE.
         cfg = dict(tvm.target.Target.from_device(tvm.cpu()).export())
         cfg["num-cores"] = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))
         target = tvm.target.Target(cfg)
         return TargetInfo("llvm", target, f"llvm-{cfg.get('mcpu', 'generic')}")
-    if arch is not None and kind != "cuda":
-        raise ConvcError(f"arch {arch!r} (--arch) applies to the cuda target only")
     if kind == "cuda":
         arch = arch or "sm_90a"
         if not isinstance(arch, str) or not CUDA_ARCH.fullmatch(arch):
@@ -296,7 +296,8 @@ def lower_network(net, info: TargetInfo, batch: int, params=None, bind=None, rec
     if bind and params is None:
         params = net.init_params(0)
     checked = net.check_params(params) if bind else None
-    mod = relax_module(net, batch, dtype, all_outputs)
+    with info.target:           # the lowering of max pooling depends on the target family (lower.py)
+        mod = relax_module(net, batch, dtype, all_outputs)
     if bind:
         mod = relax.transform.BindParams("main", {k: tvm.runtime.tensor(np.ascontiguousarray(v, dtype=dtype))
                                                   for k, v in checked.items()})(mod)
@@ -368,6 +369,8 @@ class Module:
                 raise ConvcError("this module was built with its parameters bound: call m(x) without params "
                                  "(convc run: leave out --params)")
         else:
+            if params is None and not self.net.param_shapes():
+                params = {}                # a network without parameters is called as m(x)
             if params is None:
                 raise ConvcError("this module takes its parameters at run time: call m(x, params) "
                                  "(convc run: --params FILE.npz)")
