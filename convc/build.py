@@ -508,8 +508,10 @@ def _read_sidecar(path: Path) -> dict | None:
 def _verify(path: Path, data: bytes, sidecar: dict | None):
     library = (sidecar or {}).get("library")
     if isinstance(library, dict):
-        if library.get("size") != len(data):
-            raise file_error(path, f"the module has {len(data):,} bytes, its sidecar records {library.get('size')}: "
+        recorded = library.get("size")
+        if recorded != len(data):
+            recorded = f"{recorded:,}" if isinstance(recorded, int) else repr(recorded)
+            raise file_error(path, f"the module has {len(data):,} bytes, its sidecar records {recorded}: "
                                    "the file was cut short or replaced", "rebuild it with `convc build`")
         if library.get("sha256") != sha256(data):
             raise file_error(path, "the module's SHA-256 differs from the one its sidecar records: "
