@@ -384,6 +384,31 @@ def test_build_output_errors(cli_files, target, message):
     assert_user_error(done, message.format(d=d))
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 200 KiB tmpfs (needs root and mount rights; skipped elsewhere)."""
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_build_on_a_really_full_disk_keeps_the_previous_pair(cli_files, exported, small_disk):
+    target = small_disk / "net.so"
+    target.write_bytes(exported.read_bytes())          # 160 KiB of the 200: no room for another
+    Path(str(target) + ".json").write_text(Path(str(exported) + ".json").read_text())
+    before = sorted((p.name, p.read_bytes()) for p in small_disk.iterdir())
+    done = convc_cli("build", cli_files / "small.conv", "--no-records", "-o", target)
+    assert_user_error(done, "cannot write the module: the disk is full")
+    assert sorted((p.name, p.read_bytes()) for p in small_disk.iterdir()) == before
+    convc.load(target)
+
+
 def test_run_output_disk_full_keeps_the_old_file(tmp_path, monkeypatch):
     from convc.files import write_bytes_atomically
     out = tmp_path / "y.npy"
