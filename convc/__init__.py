@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import oracle
-from .errors import ConvcError, file_error
-from .layers import LAYER_KINDS, ACTIVATIONS
-from .network import Layer, Network, build_network
-from .parser import decode, parse_statements
-from .errors import Source
+from .errors import ConvcError, Source, file_error
+
+# Everything else loads on first use: `import convc` (and so the `convc` command's start-up,
+# where a Ctrl-C must end quietly) imports no NumPy, Lark or TVM.
+_LAZY = {"LAYER_KINDS": "layers", "ACTIVATIONS": "layers", "Network": "network", "Layer": "network",
+         "compile": "build", "load": "build", "Module": "build", "tune": "tuning"}
+_SUBMODULES = ("oracle", "importers")
 
 __all__ = ["parse", "parse_file", "oracle", "ConvcError", "Network", "Layer", "compile", "load",
            "LAYER_KINDS", "ACTIVATIONS"]
@@ -22,6 +23,8 @@ __version__ = "0.1.0"
 
 def parse(text: str, filename: str = "<input>") -> Network:
     """Parse and check a network; raises ConvcError listing every problem found."""
+    from .network import build_network
+    from .parser import decode, parse_statements
     if isinstance(text, bytes):
         text = decode(text, filename)
     source = Source(text, filename)
@@ -38,18 +41,15 @@ def parse_file(path) -> Network:
         raise file_error(path, "is a directory, not a .conv file") from None
     except OSError as err:
         raise file_error(path, f"cannot read the file ({err.strerror})") from None
+    from .parser import decode
     return parse(decode(data, str(path)), filename=str(path))
 
 
 def __getattr__(name):
     # The TVM stages load lazily: `import convc` stays fast for parsing and the oracle.
-    if name in ("compile", "load", "Module"):
-        from . import build
-        return getattr(build, name)
-    if name == "tune":
-        from .tuning import tune
-        return tune
-    if name == "importers":
-        import importlib
-        return importlib.import_module(".importers", __name__)
+    import importlib
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(name)

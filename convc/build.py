@@ -48,14 +48,14 @@ class TargetInfo:
 
 
 def make_target(kind: str = "llvm", arch: str | None = None) -> TargetInfo:
+    if arch is not None and kind != "cuda":
+        raise ConvcError(f"arch {arch!r} (--arch) applies to the cuda target only")
     if kind == "llvm":
         # from_device detects the CPU (e.g. znver5 with AVX-512); mcpu=native would silently give SSE.
         cfg = dict(tvm.target.Target.from_device(tvm.cpu()).export())
         cfg["num-cores"] = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))
         target = tvm.target.Target(cfg)
         return TargetInfo("llvm", target, f"llvm-{cfg.get('mcpu', 'generic')}")
-    if arch is not None and kind != "cuda":
-        raise ConvcError(f"arch {arch!r} (--arch) applies to the cuda target only")
     if kind == "cuda":
         arch = arch or "sm_90a"
         if not isinstance(arch, str) or not CUDA_ARCH.fullmatch(arch):
@@ -308,7 +308,8 @@ def lower_network(net, info: TargetInfo, batch: int, params=None, bind=None, rec
     if bind and params is None:
         params = net.init_params(0)
     checked = net.check_params(params) if bind else None
-    mod = relax_module(net, batch, dtype, all_outputs)
+    with info.target:           # the lowering of max pooling depends on the target family (lower.py)
+        mod = relax_module(net, batch, dtype, all_outputs)
     if bind:
         mod = relax.transform.BindParams("main", {k: tvm.runtime.tensor(np.ascontiguousarray(v, dtype=dtype))
                                                   for k, v in checked.items()})(mod)
@@ -389,6 +390,8 @@ class Module:
                 raise ConvcError("this module was built with its parameters bound: call m(x) without params "
                                  "(convc run: leave out --params)")
         else:
+            if params is None and not self.net.param_shapes():
+                params = {}                # a network without parameters is called as m(x)
             if params is None:
                 raise ConvcError("this module takes its parameters at run time: call m(x, params) "
                                  "(convc run: --params FILE.npz)")
@@ -526,8 +529,10 @@ def _read_sidecar(path: Path) -> dict | None:
 def _verify(path: Path, data: bytes, sidecar: dict | None):
     library = (sidecar or {}).get("library")
     if isinstance(library, dict):
-        if library.get("size") != len(data):
-            raise file_error(path, f"the module has {len(data):,} bytes, its sidecar records {library.get('size')}: "
+        recorded = library.get("size")
+        if recorded != len(data):
+            recorded = f"{recorded:,}" if isinstance(recorded, int) else repr(recorded)
+            raise file_error(path, f"the module has {len(data):,} bytes, its sidecar records {recorded}: "
                                    "the file was cut short or replaced", "rebuild it with `convc build`")
         if library.get("sha256") != sha256(data):
             raise file_error(path, "the module's SHA-256 differs from the one its sidecar records: "

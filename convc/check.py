@@ -38,7 +38,8 @@ def compare(name, got, ref, tol) -> LayerCheck:
     finite = np.isfinite(got) & np.isfinite(ref)
     same_special = (np.isnan(got) & np.isnan(ref)) | (np.isinf(ref) & (got == ref))
     differ = ~finite & ~same_special
-    diff = np.abs(np.where(finite, got - ref, 0.0))
+    with np.errstate(invalid="ignore"):        # inf - inf where both are inf: masked out
+        diff = np.abs(np.where(finite, got - ref, 0.0))
     ref_finite = np.abs(np.where(np.isfinite(ref), ref, 0.0))
     max_abs = float(diff.max()) if diff.size else 0.0
     scale = float(ref_finite.max()) if ref.size else 0.0

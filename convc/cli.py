@@ -153,9 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
-    try:
+    try:      # start-up included: a Ctrl-C while TVM loads ends with 130 and no traceback
+        args = build_parser().parse_args(argv)
+        os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
         return args.run(args) or 0
     except ConvcError as err:
         print(err, file=sys.stderr)

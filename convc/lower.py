@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import tvm
 from tvm import te, tirx, topi
 
 from .layers import ceil_extra
@@ -29,6 +30,16 @@ def nan_max(a, b):
 # A max reduction that keeps NaN (a NaN anywhere in the window gives NaN) and starts from -inf
 # (a window of -inf gives -inf, not the lowest finite float).
 NAN_MAX = te.comm_reducer(nan_max, lambda dtype: tirx.const(-float("inf"), dtype), name="nan_max")
+
+
+def _max_reducer():
+    """(reducer, padding value) of max pooling: NaN-propagating from -inf, as the oracle, except
+    under a CUDA target, where DLight's cross-thread reductions accept only the built-in max
+    (there, as in cuDNN's default, fmaxf drops a NaN: docs/language.md says so)."""
+    target = tvm.target.Target.current(allow_none=True)
+    if target is not None and target.kind.name == "cuda":
+        return te.max, None
+    return NAN_MAX, -float("inf")
 
 
 def _relu(v):
@@ -78,7 +89,7 @@ def _pad(x, pad, extra, name, value=0.0):
     n, c, h, w = (int(d) for d in x.shape)
     if ph == pw == eh == ew == 0:
         return x
-    fill = tirx.const(value, x.dtype)
+    fill = tirx.const(value, x.dtype) if value is not None else te.min_value(x.dtype)
     return te.compute(
         (n, c, h + 2 * ph + eh, w + 2 * pw + ew),
         lambda i, j, y, z: tirx.if_then_else(
@@ -267,11 +278,10 @@ def pool(layer, inputs, params):
     c, oh, ow = layer.out_shape
     (kh, kw), (sh, sw) = a["size"], a["stride"]
     is_max = a["mode"] == "max"
-    fill = -float("inf") if is_max else 0.0      # as the oracle: padding never wins a max
+    reducer, fill = _max_reducer() if is_max else (te.sum, 0.0)
     xp = _pad(x, a["pad"], ceil_extra(layer), layer.name, fill)
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
-    reducer = NAN_MAX if is_max else te.sum
     acc = te.compute((n, c, oh, ow),
                      lambda b, o, y, z: reducer(xp[b, o, y * sh + ry, z * sw + rx], axis=[ry, rx]),
                      name=layer.name + "_pool", tag="pool_max" if is_max else "pool_sum")
