@@ -179,9 +179,6 @@ def test_nan_and_inf_in_the_weights_match_the_oracle(ieee, special):
         assert_same_ieee(got[name], ref[name], name)
 
 
-@pytest.mark.xfail(strict=True, reason="deconv multiplies the zeros it inserts by the weights: a NaN/inf weight "
-                                       "gives 0*inf = NaN where the oracle and PyTorch never form the product "
-                                       "(the deconv TE is owned elsewhere; see the issue 13 report)")
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_nan_in_deconv_weights_matches_the_oracle(ieee):
     net, m = ieee
