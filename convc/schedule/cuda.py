@@ -177,8 +177,11 @@ def _shared_floats(shape: Shape, sizes: dict, red: tuple) -> int:
     cols = (sizes["z"] - 1) * sw + (kw - 1) * dw + 1
     channels = sizes.get("g", 1) * bc
     data = sizes["b"] * channels * rows * cols
-    (th, tw) = shape.tap_stride     # a deconv phase's taps are every stride-th weight
-    weights = sizes.get("g", 1) * sizes["f"] * bc * ((kh - 1) * th + 1) * ((kw - 1) * tw + 1)
+    # a deconv phase's taps are every stride-th weight row from the phase on; the input rows
+    # (q - tap) are the same for every phase
+    (th, tw) = shape.tap_stride
+    weights = sizes.get("g", 1) * sizes["f"] * bc * ((kh - 1) * th + sizes.get("ph", 1)) \
+        * ((kw - 1) * tw + sizes.get("pw", 1))
     if shape.kind == "local":
         weights *= sizes["y"] * sizes["z"]
     return data + weights
@@ -217,12 +220,12 @@ def _score(shape: Shape, tile_sizes: dict, reg_m: int, reg_n: int, blocks: int, 
     small register tiles (shared-memory loads per FMA) and small block tiles (global loads)."""
     waves = math.ceil(blocks / (SMS * BLOCKS_PER_SM))
     per_thread = reg_m * reg_n
-    block_m = math.prod(tile_sizes[a] for a in tile_sizes if a in ("b", "y", "z"))
+    block_m = math.prod(tile_sizes[a] for a in tile_sizes if a in ("b", "y", "z", "ph", "pw"))
     block_n = math.prod(tile_sizes[a] for a in tile_sizes if a in ("f", "o", "g"))
     loads = 1 + 1 / reg_m + 1 / reg_n + 4 * (1 / block_m + 1 / block_n)
     # consecutive threads on consecutive output columns: coalesced writes, conflict-free reads
-    row = min(next(a.extent for a in reversed(shape.axes) if a.role == "m"), 8)
-    coalesced = min(tile_sizes.get("z", row), row) / row if shape.kind != "fc" else 1
+    row = min(next((a.extent for a in shape.axes if a.name == "z"), 1), 8)
+    coalesced = min(tile_sizes.get("z", row), row) / row
     idle = max(THREADS) / threads if blocks < SMS else 1   # fewer blocks than SMs: want full blocks
     return waves * per_thread * loads * idle / (0.75 + 0.25 * coalesced)
 
@@ -301,9 +304,9 @@ def gemm_shape(sch, kernel) -> Shape | None:
         axes = (Axis("b", n, "batch"), Axis("g", groups, "batch"), Axis("f", fg, "n", groups > 1),
                 Axis("y", oh, "m"), Axis("z", ow, "m"))
     tap_stride = (1, 1)
-    if kernel.kind == "deconv":   # the output phases are grid axes: one implicit GEMM per phase
-        ph, pw = (ext[i] for i in rows_cols[2:])
-        axes = axes[:4] + (Axis("ph", ph, "batch"), axes[4], Axis("pw", pw, "batch"))
+    if kernel.kind == "deconv":   # one implicit GEMM per output phase; a block's tile spans phases,
+        ph, pw = (ext[i] for i in rows_cols[2:])   # which all read the same staged input window
+        axes = axes[:4] + (Axis("ph", ph, "m"), axes[4], Axis("pw", pw, "m"))
         tap_stride = (ph, pw)
     return Shape(kernel.kind, axes, rext, (sh, sw), (dh, dw), depthwise, tap_stride)
 
