@@ -195,7 +195,9 @@ def _axis_options(axis: Axis, shape: Shape):
     if axis.name in ("y", "z") and axis.extent <= 32:
         threads |= {axis.extent, -(-axis.extent // 2), -(-axis.extent // 4)}
     out = []
-    regs = (1,) if axis.name == "z" and shape.kind != "fc" else REG_TILES   # threads along columns
+    # threads along columns; a deconv's phases over threads too (a 4 x 2 x 2 register tile of
+    # channels x phases spilled at batch 8 on sm_90a)
+    regs = (1,) if axis.name in ("z", "ph", "pw") else REG_TILES
     for t, r in itertools.product(sorted(threads), regs):
         if t * r > max(2 * axis.extent, 8) and (t, r) != (1, 1):
             continue                                  # far more than the axis: wasted threads
