@@ -10,11 +10,15 @@ and schedule it without search:
   of up to 4 filters x 4 positions. Per step of the reduction the block stages the input window
   (the padding block computed into shared memory: padding never reaches the hot loop) and the
   weight tile in shared memory; the bias, neuron and fused elementwise layers run on the
-  registers before the one write to global memory.
+  registers before the one write to global memory. A local layer's im2col copy (`_patch`) is
+  inlined first. A deconv is lower.py's gather form per output phase: each phase a stride-1
+  implicit GEMM over its own taps (no dilated zeros), the phases two more M axes of the tile
+  (they share the staged input window), the bias and neuron a second one-thread-per-output pass.
 - `convc.Gemv` (fc at batch 1): a warp per output row, lanes over the row (coalesced), the input
   vector staged in shared memory in chunks, a warp-shuffle reduction.
 - `convc.Window` (pool, LRN): one thread per output element, consecutive threads on consecutive
-  columns (coalesced), the window (9 or 25 values) reduced in registers; padding inlined.
+  columns (coalesced), the window (9 or 25 values) reduced in registers; padding inlined. The
+  partial reductions of LRN within (row sums) are computed per thread, in registers.
 
 Tile sizes come from `plan_gemm`, a small cost model of the shape (no search, no GPU needed):
 see docs/gpu.md.
