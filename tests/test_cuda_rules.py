@@ -113,6 +113,8 @@ def test_heavy_kernels_get_convc_rules_and_shared_memory(path, batch):
     for kernel, kinds in kernel_kinds(net, report).items():
         if kinds & {"pool", "lrn"}:
             assert report.rules[kernel] == "convc.Window", (kernel, report.rules[kernel])
+            # one thread per output, its window in registers: no block-wide reduction
+            assert "__syncthreads" not in _cuda_function(source, kernel), kernel
 
 
 @pytest.mark.parametrize("path,batch", CASES)

@@ -10,11 +10,15 @@ and schedule it without search:
   of up to 4 filters x 4 positions. Per step of the reduction the block stages the input window
   (the padding block computed into shared memory: padding never reaches the hot loop) and the
   weight tile in shared memory; the bias, neuron and fused elementwise layers run on the
-  registers before the one write to global memory.
+  registers before the one write to global memory. A local layer's im2col copy (`_patch`) is
+  inlined first. A deconv is lower.py's gather form per output phase: each phase a stride-1
+  implicit GEMM over its own taps (no dilated zeros), the phases two more M axes of the tile
+  (they share the staged input window), the bias and neuron a second one-thread-per-output pass.
 - `convc.Gemv` (fc at batch 1): a warp per output row, lanes over the row (coalesced), the input
   vector staged in shared memory in chunks, a warp-shuffle reduction.
 - `convc.Window` (pool, LRN): one thread per output element, consecutive threads on consecutive
-  columns (coalesced), the window (9 or 25 values) reduced in registers; padding inlined.
+  columns (coalesced), the window (9 or 25 values) reduced in registers; padding inlined. The
+  partial reductions of LRN within (row sums) are computed per thread, in registers.
 
 Tile sizes come from `plan_gemm`, a small cost model of the shape (no search, no GPU needed):
 see docs/gpu.md.
@@ -33,7 +37,7 @@ from tvm import s_tir, tirx
 from tvm.sym.pattern import detect_linear_equation
 from tvm.s_tir import dlight as dl
 
-from . import Rule, inspect_kernel
+from . import Rule, _is_reduction, inspect_kernel
 
 SMS = 132                     # streaming multiprocessors of an H100/H200 (an A100 has 108)
 BLOCKS_PER_SM = 2             # resident blocks assumed when counting waves
@@ -152,6 +156,7 @@ class Shape:
     stride: tuple = (1, 1)    # input rows/columns per output row/column
     dilation: tuple = (1, 1)
     depthwise: bool = False
+    tap_stride: tuple = (1, 1)  # weight rows/columns per tap (deconv: the stride, taps of one phase)
 
 
 @dataclass(frozen=True)
@@ -176,7 +181,11 @@ def _shared_floats(shape: Shape, sizes: dict, red: tuple) -> int:
     cols = (sizes["z"] - 1) * sw + (kw - 1) * dw + 1
     channels = sizes.get("g", 1) * bc
     data = sizes["b"] * channels * rows * cols
-    weights = sizes.get("g", 1) * sizes["f"] * bc * kh * kw
+    # a deconv phase's taps are every stride-th weight row from the phase on; the input rows
+    # (q - tap) are the same for every phase
+    (th, tw) = shape.tap_stride
+    weights = sizes.get("g", 1) * sizes["f"] * bc * ((kh - 1) * th + sizes.get("ph", 1)) \
+        * ((kw - 1) * tw + sizes.get("pw", 1))
     if shape.kind == "local":
         weights *= sizes["y"] * sizes["z"]
     return data + weights
@@ -190,7 +199,9 @@ def _axis_options(axis: Axis, shape: Shape):
     if axis.name in ("y", "z") and axis.extent <= 32:
         threads |= {axis.extent, -(-axis.extent // 2), -(-axis.extent // 4)}
     out = []
-    regs = (1,) if axis.name == "z" and shape.kind != "fc" else REG_TILES   # threads along columns
+    # threads along columns; a deconv's phases over threads too (a 4 x 2 x 2 register tile of
+    # channels x phases spilled at batch 8 on sm_90a)
+    regs = (1,) if axis.name in ("z", "ph", "pw") else REG_TILES
     for t, r in itertools.product(sorted(threads), regs):
         if t * r > max(2 * axis.extent, 8) and (t, r) != (1, 1):
             continue                                  # far more than the axis: wasted threads
@@ -215,12 +226,12 @@ def _score(shape: Shape, tile_sizes: dict, reg_m: int, reg_n: int, blocks: int, 
     small register tiles (shared-memory loads per FMA) and small block tiles (global loads)."""
     waves = math.ceil(blocks / (SMS * BLOCKS_PER_SM))
     per_thread = reg_m * reg_n
-    block_m = math.prod(tile_sizes[a] for a in tile_sizes if a in ("b", "y", "z"))
+    block_m = math.prod(tile_sizes[a] for a in tile_sizes if a in ("b", "y", "z", "ph", "pw"))
     block_n = math.prod(tile_sizes[a] for a in tile_sizes if a in ("f", "o", "g"))
     loads = 1 + 1 / reg_m + 1 / reg_n + 4 * (1 / block_m + 1 / block_n)
     # consecutive threads on consecutive output columns: coalesced writes, conflict-free reads
-    row = min(shape.axes[-1].extent, 8)
-    coalesced = min(tile_sizes.get("z", row), row) / row if shape.kind != "fc" else 1
+    row = min(next((a.extent for a in shape.axes if a.name == "z"), 1), 8)
+    coalesced = min(tile_sizes.get("z", row), row) / row
     idle = max(THREADS) / threads if blocks < SMS else 1   # fewer blocks than SMs: want full blocks
     return waves * per_thread * loads * idle / (0.75 + 0.25 * coalesced)
 
@@ -268,17 +279,24 @@ def gemm_shape(sch, kernel) -> Shape | None:
         if len(ext) != 2 or len(rext) != 1:
             return None
         return Shape("fc", (Axis("b", ext[0], "m"), Axis("o", ext[1], "n")), rext)
-    if len(ext) != 4 or len(rext) != 3:
+    rows_cols = DECONV_POSITIONS if kernel.kind == "deconv" else CONV_POSITIONS
+    if len(ext) != 2 + len(rows_cols) or len(rext) != 3:
         return None
-    n, f, oh, ow = ext
+    n, f = ext[:2]
     cg = rext[0]
     channels = int(data.shape[1])
+    if cg < 1 or channels % cg or f % (channels // cg):
+        return None
     groups = channels // cg
     fg = f // groups
     load = _loads(block.body, data)[0]
-    y, z, ry, rx = spatial[2].var, spatial[3].var, reduce[1].var, reduce[2].var
-    sh, dh, _ = _coefficients(load.indices[2], [y, ry])
-    sw, dw, _ = _coefficients(load.indices[3], [z, rx])
+    (y, oh), (z, ow) = ((spatial[i].var, ext[i]) for i in rows_cols[:2])
+    ry, rx = reduce[1].var, reduce[2].var
+    rows, cols = _coefficients(load.indices[2], [y, ry]), _coefficients(load.indices[3], [z, rx])
+    if len(rows) != 3 or len(cols) != 3:
+        return None             # not linear (a dilated deconv's divisibility test): not a GEMM
+    # a deconv phase reads input row q - t (t the tap): the window runs backwards, same extent
+    (sh, dh), (sw, dw) = (abs(c) for c in rows[:2]), (abs(c) for c in cols[:2])
     if min(sh, sw, dh, dw) < 1:
         return None
     depthwise = fg == 1 and groups > 1
@@ -291,7 +309,18 @@ def gemm_shape(sch, kernel) -> Shape | None:
     else:
         axes = (Axis("b", n, "batch"), Axis("g", groups, "batch"), Axis("f", fg, "n", groups > 1),
                 Axis("y", oh, "m"), Axis("z", ow, "m"))
-    return Shape(kernel.kind, axes, rext, (sh, sw), (dh, dw), depthwise)
+    tap_stride = (1, 1)
+    if kernel.kind == "deconv":   # one implicit GEMM per output phase; a block's tile spans phases,
+        ph, pw = (ext[i] for i in rows_cols[2:])   # which all read the same staged input window
+        axes = axes[:4] + (Axis("ph", ph, "m"), axes[4], Axis("pw", pw, "m"))
+        tap_stride = (ph, pw)
+    return Shape(kernel.kind, axes, rext, (sh, sw), (dh, dw), depthwise, tap_stride)
+
+
+# the main block's spatial iterators that hold the output rows and columns (and, for a deconv in
+# phase form acc[n, f, qh, rh, qw, rw], the phases)
+CONV_POSITIONS = (2, 3)
+DECONV_POSITIONS = (2, 4, 3, 5)
 
 
 def schedule_gemm(func, kernel, shape: Shape, tile: Tile):
@@ -308,11 +337,11 @@ def schedule_gemm(func, kernel, shape: Shape, tile: Tile):
             sch.compute_inline(_block(sch, p))
 
     loops = sch.get_loops(main)
-    nsp = 2 if shape.kind == "fc" else 4
+    nsp = sum(iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(main).iter_vars)
     spatial, red = loops[:nsp], loops[nsp:]
     if shape.kind != "fc":          # o -> (group, filter in group): the group is a loop
         g, f = sch.split(spatial[1], [shape.axes[1].extent, shape.axes[2].extent])
-        spatial = [spatial[0], g, f, spatial[2], spatial[3]]
+        spatial = [spatial[0], g, f, *spatial[2:]]
     grid, thread, regs = [], [], []
     for loop, t, r in zip(spatial, tile.thr, tile.reg):
         o, ti, ri = sch.split(loop, [None, t, r])     # a thread's register tile is contiguous
@@ -330,7 +359,8 @@ def schedule_gemm(func, kernel, shape: Shape, tile: Tile):
     sch.bind(bx, "blockIdx.x")
     sch.bind(tx, "threadIdx.x")
 
-    if epilogue is not None:        # accumulators in registers, the epilogue on them
+    separate = epilogue if shape.kind == "deconv" else None
+    if epilogue is not None and separate is None:   # accumulators in registers, the epilogue on them
         sch.set_scope(main, 0, "local")
         sch.reverse_compute_at(epilogue, tx, preserve_unit_loops=True)
     else:
@@ -356,7 +386,33 @@ def schedule_gemm(func, kernel, shape: Shape, tile: Tile):
     for loop in sch.get_loops(epilogue)[2:]:
         sch.unroll(loop)
     sch.decompose_reduction(main, r_outer[0])
+    if separate is not None:
+        _one_thread_per_output(sch, separate)
     return sch
+
+
+def _one_thread_per_output(sch, block, threads: int = 256):
+    """An elementwise block as its own pass: fused loops, one thread per element. A deconv's
+    output block reads the phase-split accumulator at (y + pad) // stride, (y + pad) % stride:
+    a thread's register tile (one phase, a range of q) is not a rectangle of outputs, so the
+    bias and neuron run in this second pass, coalesced on both sides."""
+    fused = sch.fuse(*sch.get_loops(block))
+    bx, tx = sch.split(fused, [None, threads])
+    sch.bind(bx, "blockIdx.x")
+    sch.bind(tx, "threadIdx.x")
+
+
+# lower.py's copies that the CPU rules vectorise over and the GPU rule does without: a local
+# layer's im2col `<layer>_patch` (the staged input window in shared memory is the patch)
+INLINED_COPIES = ("_patch",)
+
+
+def _inline_copies(func):
+    sch = s_tir.Schedule(func)
+    copies = [b for b in _blocks(sch) if _name(sch, b).endswith(INLINED_COPIES)]
+    for block in copies:
+        sch.compute_inline(block)
+    return sch.mod["main"] if copies else func
 
 
 class ImplicitGemm(ConvcRule):
@@ -368,6 +424,7 @@ class ImplicitGemm(ConvcRule):
         kernel = inspect_kernel(func)
         if kernel.kind not in self.kinds:
             return None
+        func = _inline_copies(func)
         sch = s_tir.Schedule(func)
         shape = gemm_shape(sch, kernel)
         if shape is None or (shape.kind == "fc" and shape.axes[0].extent == 1):
@@ -446,13 +503,17 @@ class Window(ConvcRule):
             return None
         sch = s_tir.Schedule(func)
         main = _block(sch, kernel.main)
-        window = math.prod(int(iv.dom.extent) for iv in sch.get(main).iter_vars
-                           if iv.iter_type == tirx.IterVar.CommReduce)
+        window = math.prod(int(iv.dom.extent) for b in [kernel.main, *_producers(sch, kernel.main)]
+                           for iv in sch.get(_block(sch, b)).iter_vars if iv.iter_type == tirx.IterVar.CommReduce)
         if window > MAX_WINDOW:
             return None
         epilogue = _fuse_epilogue(sch, kernel.main)
+        partial = []                # reductions feeding the main one (LRN within: the row sums)
         for p in _producers(sch, kernel.main):
-            sch.compute_inline(_block(sch, p))
+            if _is_reduction(sch, p):
+                partial.append(p)
+            else:
+                sch.compute_inline(_block(sch, p))
         spatial = [lp for lp, iv in zip(sch.get_loops(main), sch.get(main).iter_vars)
                    if iv.iter_type == tirx.IterVar.DataPar]
         bx, tx = sch.split(sch.fuse(*spatial), [None, THREADS_PER_WINDOW_BLOCK])
@@ -460,6 +521,12 @@ class Window(ConvcRule):
         sch.bind(tx, "threadIdx.x")
         for loop in sch.get_loops(main)[2:]:
             sch.unroll(loop)
+        for p in reversed(partial):  # each thread computes the partial sums its window needs
+            block = _block(sch, p)
+            sch.compute_at(block, tx, preserve_unit_loops=True)
+            sch.set_scope(block, 0, "local")
+            for loop in sch.get_loops(block)[2:]:
+                sch.unroll(loop)
         if epilogue is not None:
             sch.set_scope(main, 0, "local")
             sch.reverse_compute_at(epilogue, tx, preserve_unit_loops=True)
