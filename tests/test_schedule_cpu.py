@@ -115,6 +115,40 @@ def test_default_schedules_match_the_oracle_and_use_their_rule(name, batch):
         assert report.rules[kernel] == expected, f"{kernel} ({layers}) got rule {report.rules[kernel]!r}"
 
 
+# each kernel with an elementwise layer fused after it (the deployed build fuses; the per-layer
+# build above does not)
+FUSED = """
+input x 6x11x13
+deconv d filters=6 size=3 stride=2 groups=2
+relu dr
+pool p max size=3 stride=2 pad=1
+relu pr
+lrn n size=5 alpha=0.1
+tanh nt a=1 b=1
+lrn w size=3 alpha=0.1 region=within
+abs wa
+local l filters=5 size=3 stride=2 bias=false
+logistic ll
+fc f outputs=9 bias=false
+relu fr
+softmax s
+relu sr
+"""
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_fused_epilogues_keep_their_kernels_rule(batch):
+    net = convc.parse(FUSED, "fused.conv")
+    params = net.init_params(2)
+    x = np.random.default_rng(batch).standard_normal((batch, *net.input_shape)).astype(np.float32)
+    m = convc.compile(net, "llvm", batch, records=None)
+    assert compare("sr", m(x, params), convc.oracle.run(net, x, params), TOLERANCE["llvm"]).ok
+    kinds = {layer.name: layer.kind for layer in net.layers}
+    assert all(len(layers) == 2 for layers in m.report.kernels.values()), m.report.kernels
+    assert {kernel: m.report.rules[kernel] for kernel in m.report.kernels} == \
+        {kernel: RULE_OF_KIND[kinds[layers[0]]] for kernel, layers in m.report.kernels.items()}
+
+
 def test_vector_factor_covers_the_extent_without_a_tail_when_it_can():
     assert vector_factor(64, 16) == 16
     assert vector_factor(27, 16) == 27          # short: one (split by LLVM) vector
