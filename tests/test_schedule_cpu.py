@@ -56,6 +56,14 @@ lrn b size=3 alpha=0.3 beta=0.75 region=within k=2
 lrn c size=4 alpha=0.2 beta=0.6 region=within
 lrn d size=9 alpha=0.001 beta=0.5
 lrn e size=2 alpha=0.01 beta=1
+lrn f from x size=1 alpha=0.1 region=within
+""",
+    "single_channel": """
+input x 1x4x5
+lrn a size=1 alpha=0.1
+softmax s
+fc f outputs=1
+softmax t
 """,
     "softmax": """
 input x 19x3x5
@@ -84,6 +92,8 @@ deconv b filters=6 size=3 stride=3 groups=3
 deconv c filters=4 size=5 stride=2 pad=2 dilation=2 groups=2
 deconv d filters=4 size=3 stride=1 pad=1
 deconv e filters=4 size=2 stride=2 dilation=3 pad=2 bias=false
+deconv f from x filters=4 size=2 stride=3 pad=1
+deconv g from x filters=5 size=1 stride=2 groups=5 bias=false
 """,
 }
 
