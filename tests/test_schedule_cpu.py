@@ -56,6 +56,14 @@ lrn b size=3 alpha=0.3 beta=0.75 region=within k=2
 lrn c size=4 alpha=0.2 beta=0.6 region=within
 lrn d size=9 alpha=0.001 beta=0.5
 lrn e size=2 alpha=0.01 beta=1
+lrn f from x size=1 alpha=0.1 region=within
+""",
+    "single_channel": """
+input x 1x4x5
+lrn a size=1 alpha=0.1
+softmax s
+fc f outputs=1
+softmax t
 """,
     "softmax": """
 input x 19x3x5
@@ -84,6 +92,8 @@ deconv b filters=6 size=3 stride=3 groups=3
 deconv c filters=4 size=5 stride=2 pad=2 dilation=2 groups=2
 deconv d filters=4 size=3 stride=1 pad=1
 deconv e filters=4 size=2 stride=2 dilation=3 pad=2 bias=false
+deconv f from x filters=4 size=2 stride=3 pad=1
+deconv g from x filters=5 size=1 stride=2 groups=5 bias=false
 """,
 }
 
@@ -113,6 +123,40 @@ def test_default_schedules_match_the_oracle_and_use_their_rule(name, batch):
     for kernel, layers in report.kernels.items():
         expected = RULE_OF_KIND[kinds[layers[0]]]
         assert report.rules[kernel] == expected, f"{kernel} ({layers}) got rule {report.rules[kernel]!r}"
+
+
+# each kernel with an elementwise layer fused after it (the deployed build fuses; the per-layer
+# build above does not)
+FUSED = """
+input x 6x11x13
+deconv d filters=6 size=3 stride=2 groups=2
+relu dr
+pool p max size=3 stride=2 pad=1
+relu pr
+lrn n size=5 alpha=0.1
+tanh nt a=1 b=1
+lrn w size=3 alpha=0.1 region=within
+abs wa
+local l filters=5 size=3 stride=2 bias=false
+logistic ll
+fc f outputs=9 bias=false
+relu fr
+softmax s
+relu sr
+"""
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_fused_epilogues_keep_their_kernels_rule(batch):
+    net = convc.parse(FUSED, "fused.conv")
+    params = net.init_params(2)
+    x = np.random.default_rng(batch).standard_normal((batch, *net.input_shape)).astype(np.float32)
+    m = convc.compile(net, "llvm", batch, records=None)
+    assert compare("sr", m(x, params), convc.oracle.run(net, x, params), TOLERANCE["llvm"]).ok
+    kinds = {layer.name: layer.kind for layer in net.layers}
+    assert all(len(layers) == 2 for layers in m.report.kernels.values()), m.report.kernels
+    assert {kernel: m.report.rules[kernel] for kernel in m.report.kernels} == \
+        {kernel: RULE_OF_KIND[kinds[layers[0]]] for kernel, layers in m.report.kernels.items()}
 
 
 def test_vector_factor_covers_the_extent_without_a_tail_when_it_can():

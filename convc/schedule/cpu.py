@@ -671,7 +671,8 @@ def schedule_deconv(func, kernel, cpu: ISA):
     qo, qv = sch.split(qw, [None, vector_factor(_extent(sch, qw), cpu.lanes)])
     sch.reorder(*spatial[:-2 if phase is not None else -1], *([phase] if phase is not None else []), qo, *reduce, qv)
     sch.vectorize(qv)
-    sch.decompose_reduction(acc, reduce[0])
+    if reduce:                                # one tap per phase and one channel: no loop left
+        sch.decompose_reduction(acc, reduce[0])
     for pad in pads:
         parallel_vectorize(sch, pad, cpu.lanes)
     return sch
