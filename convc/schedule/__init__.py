@@ -9,6 +9,7 @@ and the blocks' iteration kinds, never the layer names a user chose.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -79,8 +80,9 @@ def default_schedule(func: tirx.PrimFunc, target) -> tuple[tirx.PrimFunc | None,
             with target:
                 sch = rule.apply(func, target, False)
         except Exception as err:   # noqa: BLE001 - a rule that trips on a shape must not break the build
-            warnings.warn(f"default schedule rule {rule.name} failed ({str(err).splitlines()[0][:120]}); "
-                          "trying the next rule")
+            if os.environ.get("CONVC_DEBUG"):       # the next rule takes the kernel: build output stays quiet
+                warnings.warn(f"default schedule rule {rule.name} failed ({str(err).splitlines()[0][:120]}); "
+                              "trying the next rule")
             continue
         if isinstance(sch, list):
             sch = sch[0] if sch else None
