@@ -7,7 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import Rule
+import tvm
+from tvm import s_tir, tirx
+from tvm.tirx.analysis import undefined_vars
+
+from ..lower import batch_innermost
+from . import Rule, inspect_kernel
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,14 @@ def _groups(block, filters: int, per_group_channels: int) -> int:
     return max(1, channels // per_group_channels) if per_group_channels else 1
 
 
+def _conv_kernel(func):
+    """(kernel, schedule, ConvShape) of a conv kernel; shape None for anything else."""
+    kernel = inspect_kernel(func)
+    sch = s_tir.Schedule(func)
+    shape = conv_shape(sch, kernel.main) if kernel.kind == "conv" else None
+    return kernel, sch, shape
+
+
 def register_block(shape: ConvShape, isa: ISA) -> tuple[int, int] | None:
     """(vectors of output channels, output columns) held in registers, or None if no vector of
     output channels fits inside one group.
@@ -140,13 +153,7 @@ class DirectConv(Rule):
     name = "direct_conv"
 
     def apply(self, func, target, tunable=False):
-        from tvm import s_tir
-        from . import inspect_kernel
-        kernel = inspect_kernel(func)
-        if kernel.kind != "conv":
-            return None
-        sch = s_tir.Schedule(func)
-        shape = conv_shape(sch, kernel.main)
+        kernel, sch, shape = _conv_kernel(func)
         target_isa = isa(target)
         choice = register_block(shape, target_isa) if shape else None
         if choice is None:
@@ -193,13 +200,8 @@ class ConvRows(Rule):
     name = "conv_rows"
 
     def apply(self, func, target, tunable=False):
-        from tvm import s_tir
-        from . import inspect_kernel
-        kernel = inspect_kernel(func)
-        if kernel.kind != "conv":
-            return None
-        sch = s_tir.Schedule(func)
-        if conv_shape(sch, kernel.main) is None:
+        kernel, sch, shape = _conv_kernel(func)
+        if shape is None:
             return None
         conv = sch.get_sblock(kernel.main)
         b, o, y, x, rc, ry, rx = sch.get_loops(conv)
@@ -230,13 +232,8 @@ CONV_RULES: list[Rule] = [DirectConv(), ConvRows()]
 # Every rule returns None when its schedule fails, so the next rule (finally `parallel`) takes
 # the kernel: a default schedule is never wrong, at worst slow.
 
-import tvm   # noqa: E402
-from tvm import s_tir, tirx   # noqa: E402
 
-from tvm.tirx.analysis import undefined_vars   # noqa: E402
 
-from ..lower import batch_innermost   # noqa: E402
-from . import inspect_kernel   # noqa: E402
 
 _sblock_realize = tvm.get_global_func("s_tir.schedule.GetSBlockRealize")
 
