@@ -58,7 +58,7 @@ def _add_batch(p):
 def _add_records(p):
     p.add_argument("--records", "--tuning-records", action="append", default=[], metavar="DIR",
                    help="tuning records to use besides the shipped ones for this target (repeatable)")
-    p.add_argument("--no-records", action="store_true", help="build untuned, ignoring every tuning record")
+    p.add_argument("--no-records", action="store_true", help="ignore every tuning record: every kernel gets its default schedule")
 
 
 def _lazy(module: str, func: str):
@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target(p)
     _add_batch(p)
     _add_records(p)
-    p.add_argument("--against", default="torch,numpy,untuned", help="baselines, comma separated")
+    p.add_argument("--against", default="torch,numpy,default",
+                   help="baselines, comma separated: torch, numpy, default (convc without records)")
     p.add_argument("--repeat", type=int, default=20)
     p.add_argument("--json", metavar="OUT", help="write the results as JSON")
     p.set_defaults(run=_lazy("bench", "cmd_bench"))
