@@ -63,13 +63,8 @@ def caffemodel_arrays(data: bytes, filename: str = "<caffemodel>") -> dict[str, 
 
 
 def read_caffemodel(path) -> dict[str, np.ndarray]:
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ConvcError(Diagnostic("no such file", filename=str(path))) from None
-    except OSError as err:
-        raise ConvcError(Diagnostic(f"cannot read the file ({err.strerror})", filename=str(path))) from None
-    return caffemodel_arrays(data, str(path))
+    from .common import read_bytes
+    return caffemodel_arrays(read_bytes(path), str(path))
 
 
 def write_caffemodel(path, arrays: dict[str, list[np.ndarray]], name: str = "net", legacy_shapes: bool = False):

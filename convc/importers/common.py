@@ -11,7 +11,19 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
+from pathlib import Path
+
 from ..errors import ConvcError, Diagnostic, Pos, Source
+
+
+def read_bytes(path) -> bytes:
+    """A file's bytes, or a ConvcError that names it (missing, unreadable)."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConvcError(Diagnostic("no such file", filename=str(path))) from None
+    except OSError as err:
+        raise ConvcError(Diagnostic(f"cannot read the file ({err.strerror})", filename=str(path))) from None
 
 # Kinds that accept `neuron=` (spec section 1).
 NEURON_HOSTS = ("conv", "deconv", "local", "fc", "pool")

@@ -816,12 +816,8 @@ def _net_name(name: str) -> str:
 
 def _read(path) -> str:
     from ..errors import Diagnostic
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ConvcError(Diagnostic("no such file", filename=str(path))) from None
-    except OSError as err:
-        raise ConvcError(Diagnostic(f"cannot read the file ({err.strerror})", filename=str(path))) from None
+    from .common import read_bytes
+    data = read_bytes(path)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
