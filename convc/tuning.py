@@ -91,9 +91,11 @@ def record_dirs(info, records) -> list[Path]:
             raise file_error(d, "no such records directory")
         recorded = (read_target(d) or {}).get("target") if d.is_dir() else None
         if recorded is not None and recorded != info.name:
+            seeds = " (`--seed-records DIR` measures these as starting candidates)" \
+                if recorded.split("-")[0] == info.kind else ""
             raise file_error(d, f"these records are for {recorded}, not {info.name}; "
                                 "records are never applied to another CPU or GPU",
-                             f"tune this one with `convc tune NET --budget 10m` (its records seed the search)")
+                             f"make records for {info.name} with `convc tune NET --budget 10m`{seeds}")
     return [d for d in dirs if (d / RECORDS).exists()]
 
 
@@ -545,6 +547,12 @@ def _ms(seconds):
     return f"{seconds * 1e3:.3f}" if seconds else "-"
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (builders): what a run costs on an idle machine."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 class Progress:
     """The bar on stderr: trials (or seconds of the budget) and what is happening right now."""
 
@@ -587,7 +595,8 @@ class Progress:
         with open(state["history"], "a") as f:
             f.write(json.dumps({"kernel": kernel.name, "trials": kernel.prior + kernel.trials, "best_s": kernel.tuned,
                                 "default_s": kernel.default, "network_s": self.network(), "source": source,
-                                "elapsed_s": round(time.time() - state["started"], 3), "t": time.time()}) + "\n")
+                                "elapsed_s": round(time.time() - state["started"], 3), "cpu_s": round(cpu_seconds(), 3),
+                                "t": time.time()}) + "\n")
         self.phase(f"{kernel.name}: best {_ms(kernel.tuned or kernel.default)} ms")
 
     def close(self):
