@@ -1,6 +1,8 @@
-"""Fit the cost model convc ships (convc/data/cost_model.*) on every shipped record set.
+"""Fit a cost model on record sets (default: every shipped one, schedules/*), for
+`convc tune --cost-model DIR` or for measuring whether a pre-trained model helps
+(benchmarks/cost_model_ranking.py; docs/performance.md has the result: not enough to ship one).
 
-    python benchmarks/pretrain_cost_model.py                       # all of schedules/*, into convc/data
+    python benchmarks/pretrain_cost_model.py -o /tmp/model
     python benchmarks/pretrain_cost_model.py --leave-out examples/cifar10_11pct.conv:1 -o /tmp/loo
         # without one network's kernels (to measure whether the model helps on a network it never saw)
 """
@@ -25,7 +27,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", nargs="*", default=None, help="record directories (default: schedules/*)")
     parser.add_argument("--leave-out", action="append", default=[], metavar="NET.conv:BATCH")
-    parser.add_argument("-o", "--output", default=str(tuning.PRETRAINED))
+    parser.add_argument("-o", "--output", required=True)
     args = parser.parse_args()
     dirs = args.records or [d for d in sorted(tuning.SCHEDULES.iterdir()) if (d / tuning.RECORDS).exists()]
     exclude = set().union(*(_hashes(s) for s in args.leave_out)) if args.leave_out else set()

@@ -108,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="records directory, created or resumed (default: schedules/<target>/)")
     p.add_argument("--seed-records", action="append", default=[], metavar="DIR",
                    help="another CPU's records: their best schedules are measured here as starting candidates")
-    p.add_argument("--fresh-cost-model", action="store_true",
-                   help="start from an untrained cost model (default: the saved one, else the shipped one)")
+    p.add_argument("--cost-model", default="auto", metavar="DIR|fresh",
+                   help="cost model to start from: a directory holding a saved one, or fresh "
+                        "(default: the one saved in the records directory, else fresh)")
     p.add_argument("--seed", type=int, default=0, help="seed of the search (default: 0)")
     p.add_argument("--rpc", metavar="HOST:PORT", help="measure on devices registered with this RPC tracker")
     p.add_argument("--key", default=None, help="device key on the RPC tracker")

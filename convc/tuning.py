@@ -44,7 +44,6 @@ SCHEDULES = _schedules_root()
 WORKLOADS, RECORDS, VERDICTS, HISTORY = ("database_workload.json", "database_tuning_record.json",
                                          "kernels.json", "history.jsonl")
 MODEL_TREES, MODEL_DATA = "cost_model.json", "cost_model.npz"
-PRETRAINED = Path(__file__).resolve().parent / "data"      # the cost model shipped with convc
 KEEP_MARGIN = 0.97     # a tuned kernel must be at least 3% faster than its default schedule to be kept
 BUDGET_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
 SEEDS_PER_KERNEL = 3   # best records of a seed directory measured here per kernel
@@ -778,8 +777,8 @@ def tune(net, target: str = "llvm", trials: int | None = None, batch: int = 1, r
     trials or budget ("10m", "90s", "1h", or seconds) bound the search (default: 200 trials).
     seed_records: other CPUs' records directories, measured here as starting candidates (the
     records of another CPU with the same vector ISA are used that way when `records` is new).
-    cost_model: "auto" (the one saved in `records`, else the one shipped with convc), a directory
-    holding cost_model.json/.npz, or None (a fresh XGBoost model)."""
+    cost_model: "auto" (the one saved in `records`, else a fresh XGBoost model), "fresh" or None,
+    or a directory holding a saved model (cost_model.json/.npz) to start from."""
     from tvm.s_tir import meta_schedule as ms
 
     from .build import fuse, kernel_layers, make_target, prim_funcs, relax_module
@@ -818,6 +817,7 @@ def tune(net, target: str = "llvm", trials: int | None = None, batch: int = 1, r
     model = None
     try:
         with _StopOnInterrupt(state):
+            model = load_cost_model(directory, cost_model, info, bar)
             bar.phase("measuring the default schedules")
             for kernel in kernels:
                 _start_from_default(kernel, funcs[kernel.name], db, info, measure_here, bar)
@@ -826,7 +826,6 @@ def tune(net, target: str = "llvm", trials: int | None = None, batch: int = 1, r
             # the biggest share of the network's time first (ties: the scheduler's order)
             order = sorted(range(len(kernels)), key=lambda i: -(kernels[i].default or 0) * kernels[i].weight)
             kernels[:] = [kernels[i] for i in order]
-            model = load_cost_model(directory, cost_model, info, bar)
             if state["stop"] is None:
                 _search(ms, [tasks[k.name] for k in kernels], kernels, state, bar, db, runner, model, info,
                         directory, trials, per_kernel, per_iter, seed, population)
@@ -882,7 +881,8 @@ def _search(ms, task_list, kernels, state, bar, db, runner, model, info, directo
     cores = os.cpu_count() or 1
     builder = ms.builder.LocalBuilder(f_build=cuda_build if info.kind == "cuda" else fast_build,
                                       max_workers=cores, timeout_sec=120)
-    callbacks = [*ms.measure_callback.MeasureCallback.create("default"), _progress_callback(bar, state)]
+    # the progress first: the cost model's update (a retrain) comes after the results are shown
+    callbacks = [_progress_callback(bar, state), *ms.measure_callback.MeasureCallback.create("default")]
     _quiet_metaschedule()
     strategy = ms.search_strategy.EvolutionarySearch(population_size=population)
     contexts, _ = ms.relax_integration.extracted_tasks_to_tune_contexts(
@@ -933,23 +933,25 @@ def _new_cost_model():
     return XGBModel(num_tuning_cores=os.cpu_count() or 1)
 
 
-def load_cost_model(directory: Path, cost_model, info, bar=None):
-    """The XGBoost cost model to start from: "auto" is the one saved in the records directory,
-    else the pre-trained one shipped with convc (fitted on all shipped records); None: fresh."""
+def load_cost_model(directory: Path | None, cost_model, info=None, bar=None):
+    """The XGBoost cost model to start from: "auto" is the one saved in the records directory (a
+    resumed run), else a fresh one; None or "fresh": a fresh one; a directory: the model saved
+    there (another run's, or one `benchmarks/pretrain_cost_model.py` fitted on record sets)."""
     model = _new_cost_model()
-    if cost_model is None:
+    if cost_model in (None, "fresh"):
         return model
     if cost_model == "auto":
-        source = directory if (directory / MODEL_DATA).exists() else PRETRAINED
+        if directory is None or not (Path(directory) / MODEL_DATA).exists():
+            return model
+        source = Path(directory)
     else:
         source = Path(cost_model)
         if not (source / MODEL_DATA).exists():
-            raise file_error(source, f"no saved cost model here ({MODEL_DATA})")
-    if (source / MODEL_DATA).exists():
-        if bar is not None:
-            bar.phase(f"loading the cost model ({'shipped' if source == PRETRAINED else source})")
-        read_cost_model(model, source)
-    return model
+            raise file_error(source, f"no saved cost model here ({MODEL_DATA})",
+                             "give a records directory `convc tune` wrote, or one pretrain_cost_model.py wrote")
+    if bar is not None:
+        bar.phase(f"loading the cost model of {source}")
+    return read_cost_model(model, source)
 
 
 def read_cost_model(model, source: Path):
@@ -985,14 +987,14 @@ def read_cost_model(model, source: Path):
 
 def save_cost_model(model, directory: Path):
     """Write the model beside the records (atomically: a kill leaves the previous one)."""
-    groups = [g for g in model.data.values() if len(g.costs)]
+    keys, groups = zip(*[(k, g) for k, g in model.data.items() if len(g.costs)]) if model.data else ((), ())
     if not groups:
         return
     features = [np.asarray(f, dtype=np.float32).reshape(len(f), -1) for g in groups for f in g.features]
     width = max((f.shape[1] for f in features if f.size), default=0)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="cost_model", suffix=".npz")
     os.close(fd)
-    np.savez_compressed(tmp, groups=np.array([str(g.group_hash) for g in groups]),
+    np.savez_compressed(tmp, groups=np.array([str(k) for k in keys]),
                         sizes=np.array([len(g.costs) for g in groups], dtype=np.int64),
                         rows=np.array([len(f) for f in features], dtype=np.int64),
                         features=np.concatenate([f if f.size else np.zeros((0, width), np.float32) for f in features]),
@@ -1051,7 +1053,9 @@ def pretrain_cost_model(directories, output: Path, exclude=frozenset()) -> int:
             model.adaptive_training, model.last_train_size = True, 10 ** 12    # collect now, train once below
             model.update(context, candidates, results)
             for group in set(model.data) - before:      # one group per CPU and kernel: costs never mix CPUs
-                model.data[f"{read_target(directory)['target']}-{group}"] = model.data.pop(group)
+                renamed = f"{read_target(directory)['target']}-{group}"
+                model.data[renamed] = model.data.pop(group)
+                model.data[renamed].group_hash = renamed
     if not model.data:
         raise ConvcError("no records to fit a cost model on")
     _retrain(model)
@@ -1124,7 +1128,7 @@ def cmd_tune(args) -> int:
     net = parse_file(args.file)
     result = tune(net, args.target, args.trials, args.batch, args.records, args.per_kernel, args.seed,
                   args.rpc, args.key, args.arch, plot=args.plot, budget=args.budget,
-                  seed_records=args.seed_records, cost_model=None if args.fresh_cost_model else "auto")
+                  seed_records=args.seed_records, cost_model=args.cost_model)
     print(result.table())
     if args.plot:
         print(f"wrote {args.plot}")

@@ -116,23 +116,27 @@ def test_the_cost_model_is_saved_and_reloaded_on_resume(net, tmp_path):
     directory = tmp_path / "model"
     convc.tune(net, "llvm", trials=4, records=directory, progress=False, cost_model=None)
     assert (directory / tuning.MODEL_DATA).exists()
-    saved = tuning.load_cost_model(directory, "auto", None)
+    saved = tuning.load_cost_model(directory, "auto")
     assert saved.data_size == 4                 # the four search trials (the default is not a model sample)
     convc.tune(net, "llvm", trials=3, records=directory, progress=False)      # resumes with the saved model
-    assert tuning.load_cost_model(directory, "auto", None).data_size == 4 + 3
+    assert tuning.load_cost_model(directory, "auto").data_size == 4 + 3
 
 
 def test_a_damaged_cost_model_is_a_clear_error(tmp_path):
     (tmp_path / tuning.MODEL_DATA).write_bytes(b"PK\x03\x04 not a zip")
     with pytest.raises(convc.ConvcError, match="the saved cost model does not load"):
-        tuning.load_cost_model(tmp_path, "auto", None)
+        tuning.load_cost_model(tmp_path, "auto")
 
 
-@pytest.mark.skipif(not (tuning.PRETRAINED / tuning.MODEL_DATA).exists(), reason="no shipped cost model")
-def test_the_shipped_cost_model_is_the_start_on_a_machine_with_no_records(tmp_path):
-    model = tuning.load_cost_model(tmp_path / "new", "auto", None)       # nothing saved there
-    assert model.data_size >= 100 and model.booster is not None         # predicts from the first round
+def test_a_pretrained_model_loads_on_a_machine_with_no_records(net, budgeted, tmp_path, capsys):
+    fitted = tuning.pretrain_cost_model([budgeted[0]], tmp_path / "model")
+    model = tuning.load_cost_model(tmp_path / "new", tmp_path / "model")     # a records directory with nothing
+    assert model.data_size == fitted >= 4 and model.booster is not None
     assert all(group.startswith("llvm-") for group in model.data)      # groups never mix CPUs
+    assert tuning.load_cost_model(tmp_path / "new", "auto").data_size == 0      # nothing saved there: fresh
+    assert main(["tune", _conv_file(tmp_path), "--records", str(tmp_path / "r"), "--trials", "1",
+                 "--cost-model", str(tmp_path / "nothing")]) == 2
+    assert "no saved cost model here" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- other CPUs' records
