@@ -220,7 +220,8 @@ def _load_json_database(work_dir: str, directory: Path):
     try:
         return ms.database.JSONDatabase(work_dir=work_dir, allow_missing=True)
     except Exception as err:      # noqa: BLE001 - a line that parses but is not a record TVM accepts
-        raise file_error(directory / RECORDS, f"the tuning records do not load: {str(err).splitlines()[-1][:300]}",
+        raise file_error(directory, f"the tuning records do not load ({WORKLOADS}, {RECORDS}): "
+                                    f"{str(err).splitlines()[-1][:300] if str(err) else type(err).__name__}",
                          "remove the broken lines, or the directory, and tune again") from None
 
 
@@ -466,6 +467,8 @@ def seed_records(db, seed_dirs, kernels, funcs, info, progress) -> int:
             top = source.get_top_k(source.commit_workload(mod), SEEDS_PER_KERNEL)
             workload = db.commit_workload(mod)
             for record in top:
+                if progress.state["stop"] is not None:
+                    return count
                 progress.phase(f"measuring seeds from {Path(directory).name}: {kernel.name}")
                 try:
                     sch = s_tir.Schedule(mod)
@@ -799,8 +802,9 @@ def tune(net, target: str = "llvm", trials: int | None = None, batch: int = 1, r
 
     mod = relax_module(net, batch)
     layers_of, _ = kernel_layers(mod, net)
-    funcs = prim_funcs(fuse(mod))
-    tasks = {t.task_name: t for t in ms.relax_integration.extract_tasks(fuse(mod), info.target)}
+    fused = fuse(mod)
+    funcs = prim_funcs(fused)
+    tasks = {t.task_name: t for t in ms.relax_integration.extract_tasks(fused, info.target)}
     measure_here = rpc is None
     db = open_database(directory)
     own_records = any(db.has_workload(workload_key(funcs[name])[0]) for name in tasks)
@@ -820,8 +824,9 @@ def tune(net, target: str = "llvm", trials: int | None = None, batch: int = 1, r
             model = load_cost_model(directory, cost_model, info, bar)
             bar.phase("measuring the default schedules")
             for kernel in kernels:
-                _start_from_default(kernel, funcs[kernel.name], db, info, measure_here, bar)
-            if seed_dirs:
+                if state["stop"] is None:
+                    _start_from_default(kernel, funcs[kernel.name], db, info, measure_here, bar)
+            if seed_dirs and state["stop"] is None:
                 result.seeds = seed_records_into(db, seed_dirs, kernels, funcs, info, bar)
             # the biggest share of the network's time first (ties: the scheduler's order)
             order = sorted(range(len(kernels)), key=lambda i: -(kernels[i].default or 0) * kernels[i].weight)

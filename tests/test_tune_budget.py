@@ -242,3 +242,15 @@ def test_damaged_history_lines_are_skipped_by_plot(budgeted, tmp_path, capsys):
     (directory / tuning.HISTORY).write_text("garbage\n")
     assert main(["plot", str(directory), "-o", str(tmp_path / "x.png")]) == 2
     assert "no readable tuning history" in capsys.readouterr().err
+
+
+def test_a_workload_line_tvm_cannot_read_is_a_clear_error(net, budgeted, tmp_path, capsys):
+    directory = tmp_path / "w"
+    shutil.copytree(budgeted[0], directory)
+    with open(directory / tuning.WORKLOADS, "a") as f:
+        f.write('["123", "AAAA"]\n')          # the shape of a workload line, not a kernel TVM can load
+    with pytest.raises(convc.ConvcError, match="the tuning records do not load"):
+        convc.compile(net, "llvm", records=directory)
+    assert main(["build", _conv_file(tmp_path), "-o", str(tmp_path / "m.so"), "--records", str(directory)]) == 2
+    err = capsys.readouterr().err
+    assert "the tuning records do not load" in err and "Traceback" not in err
