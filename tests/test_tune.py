@@ -53,7 +53,7 @@ def _x(net, batch=1):
     return np.random.default_rng(5).standard_normal((batch, *net.input_shape)).astype(np.float32)
 
 
-def test_tune_writes_records_and_a_table(tuned):
+def test_tune_writes_records_and_a_table(net, tuned):
     directory, result = tuned
     assert _records_lines(directory) == 4 + _stored_defaults(net)     # the default schedule is a record
     verdicts = json.loads((directory / tuning.VERDICTS).read_text())

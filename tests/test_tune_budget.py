@@ -87,6 +87,7 @@ def test_a_budgeted_run_writes_loadable_records_and_verdicts(net, budgeted):
     assert m.report.tuned == (["c1"] if verdict["keep"] else [])
 
 
+@pytest.mark.slow       # a whole tuning process, ~40 s on a loaded 2-core machine
 def test_ctrl_c_keeps_the_records_and_writes_the_verdicts(tmp_path):
     directory = tmp_path / "interrupted"
     proc = subprocess.Popen([sys.executable, "-m", "convc.cli", "tune", _conv_file(tmp_path), "--budget", "10m",
@@ -112,14 +113,15 @@ def test_ctrl_c_keeps_the_records_and_writes_the_verdicts(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the cost model
-def test_the_cost_model_is_saved_and_reloaded_on_resume(net, tmp_path):
+def test_the_cost_model_is_saved_and_reloaded_on_resume(net, budgeted, tmp_path):
     directory = tmp_path / "model"
-    convc.tune(net, "llvm", trials=4, records=directory, progress=False, cost_model=None)
-    assert (directory / tuning.MODEL_DATA).exists()
+    shutil.copytree(budgeted[0], directory)
+    assert (directory / tuning.MODEL_DATA).exists() and (directory / tuning.MODEL_TREES).exists()
     saved = tuning.load_cost_model(directory, "auto")
-    assert saved.data_size == 4                 # the four search trials (the default is not a model sample)
+    assert saved.data_size == 4 and saved.booster is not None     # the first round's 4 trials
     convc.tune(net, "llvm", trials=3, records=directory, progress=False)      # resumes with the saved model
     assert tuning.load_cost_model(directory, "auto").data_size == 4 + 3
+    assert tuning.load_cost_model(directory, "fresh").data_size == 0
 
 
 def test_a_damaged_cost_model_is_a_clear_error(tmp_path):
