@@ -8,10 +8,11 @@ from .errors import Pos
 
 @dataclass
 class Value:
-    """The right-hand side of `key=value`: a number, a shape, a word or a call `name[a,b]`."""
+    """The right-hand side of `key=value`: a number, a shape, a word, a call `name[a,b]` or a
+    list `[a,b]`."""
 
-    form: str                      # "number" | "shape" | "word" | "call"
-    value: object                  # int/float, tuple of ints, str, or (name, tuple of numbers)
+    form: str                      # "number" | "shape" | "word" | "call" | "list"
+    value: object                  # int/float, tuple of ints, str, (name, tuple of numbers), tuple of numbers
     text: str
     pos: Pos
 

@@ -123,6 +123,42 @@ TORCH = {
 }
 
 
+# ----------------------------------------------------------------------------- spec §2b layers
+def _channel_vector(v, x):
+    return v.reshape((1, -1) + (1,) * (x.dim() - 2))
+
+
+def _add(layer, inputs, p):
+    coeff = layer.attrs.get("coeff") or (1.0,) * len(inputs)
+    return sum(c * x for c, x in zip(coeff, inputs))
+
+
+def _max(layer, inputs, p):
+    torch, _ = _torch()
+    y = inputs[0]
+    for x in inputs[1:]:
+        y = torch.maximum(y, x)
+    return y
+
+
+def _crop(layer, inputs, p):
+    (oh, ow), (dy, dx) = layer.out_shape[1:], layer.attrs["offset"]
+    return inputs[0][:, :, dy: dy + oh, dx: dx + ow]
+
+
+TORCH.update({
+    "add": _add,
+    "max": _max,
+    "mul": lambda layer, inputs, p: _torch()[0].stack(inputs).prod(0),
+    "prelu": lambda layer, inputs, p: _torch()[1].prelu(inputs[0], p["slope"]),
+    "scale": lambda layer, inputs, p: inputs[0] * _channel_vector(p["scale"], inputs[0])
+    + (_channel_vector(p["shift"], inputs[0]) if "shift" in p else 0),
+    "slice": lambda layer, inputs, p: inputs[0][:, layer.attrs["begin"]: layer.attrs["end"]],
+    "crop": _crop,
+    "power": lambda layer, inputs, p: (layer.attrs["shift"] + layer.attrs["scale"] * inputs[0]) ** layer.attrs["power"],
+})
+
+
 class TorchNet:
     """net in PyTorch: the weights live on the device as tensors; call with a tensor."""
 

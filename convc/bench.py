@@ -16,7 +16,7 @@ import numpy as np
 
 from . import oracle
 from .baselines import TorchNet, flops, measured_peak, median
-from .build import _records_arg, compile, lower_network, make_target, prim_funcs
+from .build import _records_arg, compile, kernel_functions, lower_network, make_target
 
 
 @dataclass
@@ -146,7 +146,7 @@ def bench(net, target: str = "llvm", batch: int = 1, records="auto", against=("t
                          tuned=len(module.report.tuned), untuned=len(module.report.untuned), versions=_versions())
 
     fused, report, _ = lower_network(net, info, batch, records=records)
-    for name, func in prim_funcs(fused).items():
+    for name, func in kernel_functions(fused).items():
         if name == "convc_meta":
             continue
         layers = report.kernels.get(name, [name])

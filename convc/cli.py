@@ -32,8 +32,27 @@ def _add_target(p, default="llvm"):
     p.add_argument("--arch", default=None, help="CUDA architecture, e.g. sm_90a (default), sm_80")
 
 
+def _number(kind, test, wanted):
+    """An argparse type: kind(text) that passes `test`, else a usage error saying what is wanted."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{wanted}, got {text!r}") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"{wanted}, got {text!r}")
+        return value
+    parse.__name__ = wanted
+    return parse
+
+
+POSITIVE_INT = _number(int, lambda v: v >= 1, "must be a positive integer")
+NON_NEGATIVE_INT = _number(int, lambda v: v >= 0, "must be a non-negative integer")
+POSITIVE_NUMBER = _number(float, lambda v: 0 < v < float("inf"), "must be a positive number")
+
+
 def _add_batch(p):
-    p.add_argument("--batch", type=int, default=1, help="batch size the module is built for (default: 1)")
+    p.add_argument("--batch", type=POSITIVE_INT, default=1, help="batch size the module is built for (default: 1)")
 
 
 def _add_records(p):
@@ -65,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_batch(p)
     _add_records(p)
     p.add_argument("--params", metavar="NPZ", help="parameters (.npz keyed NAME.weight, ...); default: init_params(seed)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the input and init_params (default: 0)")
-    p.add_argument("--rtol", type=float, default=None,
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed for the input and init_params (default: 0)")
+    p.add_argument("--rtol", type=POSITIVE_NUMBER, default=None,
                    help="pass when max|y - oracle| <= RTOL * max|oracle| per layer (default: 1e-4 llvm, 1e-3 cuda)")
     p.set_defaults(run=_lazy("check", "cmd_check"))
 

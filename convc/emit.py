@@ -6,7 +6,7 @@ import re
 import tvm
 from tvm import relax
 
-from .build import META_FUNCTION, lower_network, make_target, prim_funcs
+from .build import META_FUNCTION, final_kernels, kernel_functions, lower_network, make_target
 from .errors import ConvcError
 
 
@@ -27,12 +27,12 @@ def emit(net, target: str = "llvm", batch: int = 1, layer: str | None = None, ti
     fused, report, _ = lower_network(net, info, batch, records=records)
     kernel = kernel_of(report, net, layer) if layer else None
     if tir:
-        funcs = prim_funcs(fused)
+        funcs = kernel_functions(fused)
         chosen = [kernel] if kernel else list(funcs)
         return "\n\n".join(f"# kernel {name}: layers {', '.join(report.kernels.get(name, [name]))}\n"
                            + funcs[name].script() for name in chosen)
     del fused[META_FUNCTION]
-    ex = tvm.compile(fused, info.target, relax_pipeline=relax.get_default_pipeline(info.target))
+    ex = tvm.compile(final_kernels(fused), info.target, relax_pipeline=relax.get_default_pipeline(info.target))
     host = ex.mod.imports[0]
     if info.kind == "cuda":
         source = host.imports[0].inspect_source()

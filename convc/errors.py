@@ -11,6 +11,7 @@ Several diagnostics found in one pass are carried by one exception and printed t
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 
@@ -37,11 +38,27 @@ class Diagnostic:
             where = f"{where}:{self.pos.line}:{self.pos.col}"
         lines = [f"{where}: error: {self.message}" if self.pos or self.filename else f"error: {self.message}"]
         if self.pos and self.source_line is not None:
-            lines.append(self.source_line)
-            lines.append(_caret(self.source_line, self.pos))
+            shown, pos = _excerpt(self.source_line, self.pos)
+            lines.append(shown)
+            lines.append(_caret(shown, pos))
         if self.help:
             lines.append(f"help: {self.help}")
         return "\n".join(lines)
+
+
+QUOTE_WIDTH = 160          # a longer source line is quoted as the part around the caret
+MAX_SHOWN = 50             # diagnostics printed in full; the rest are counted
+
+
+def _excerpt(line: str, pos: Pos) -> tuple[str, Pos]:
+    """The line, or for a long one the QUOTE_WIDTH characters around pos (with '...' marks)."""
+    if len(line) <= QUOTE_WIDTH:
+        return line, pos
+    start = max(0, min(pos.col - 1 - QUOTE_WIDTH // 2, len(line) - QUOTE_WIDTH))
+    end = start + QUOTE_WIDTH
+    head, tail = ("..." if start > 0 else ""), ("..." if end < len(line) else "")
+    shown = head + line[start:end] + tail
+    return shown, Pos(pos.line, pos.col - start + len(head), min(pos.length, QUOTE_WIDTH))
 
 
 def _caret(source_line: str, pos: Pos) -> str:
@@ -63,7 +80,11 @@ class ConvcError(ValueError):
         super().__init__(self.render())
 
     def render(self) -> str:
-        text = "\n\n".join(d.render() for d in self.diagnostics)
+        shown = self.diagnostics[:MAX_SHOWN]
+        text = "\n\n".join(d.render() for d in shown)
+        hidden = len(self.diagnostics) - len(shown)
+        if hidden:
+            text += f"\n\n... and {hidden} more error{'s' if hidden > 1 else ''} (the first {MAX_SHOWN} are shown)"
         if len(self.diagnostics) > 1:
             text += f"\n\n{len(self.diagnostics)} errors"
         return text
@@ -85,6 +106,17 @@ def file_error(path, message: str, help: str | None = None) -> ConvcError:
     return ConvcError(Diagnostic(message, None, help, str(path)))
 
 
+BOM = "\ufeff"
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines as convc counts them: only \\n, \\r\\n and \\r end a line (str.splitlines also
+    breaks at form feed, U+0085, U+2028, ... which a user cannot see as line ends)."""
+    lines = _LINE_END.split(text)
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
 @dataclass
 class Source:
     """The text of one .conv file, to quote its lines in diagnostics."""
@@ -94,7 +126,9 @@ class Source:
     lines: list[str] = field(init=False)
 
     def __post_init__(self):
-        self.lines = self.text.splitlines()
+        if self.text.startswith(BOM):          # a UTF-8 byte order mark is not part of the text
+            self.text = self.text[len(BOM):]
+        self.lines = split_lines(self.text)
 
     def diagnostic(self, message: str, pos: Pos | None, help: str | None = None) -> Diagnostic:
         line = None

@@ -87,6 +87,18 @@ def choice(*words: str) -> Callable:
 boolean = choice("true", "false")
 
 
+def numbers(v) -> tuple:
+    """`[a,b,...]` (or one number) -> a tuple of floats."""
+    if v.form == "list":
+        return tuple(float(x) for x in v.value)
+    if v.form == "number":
+        return (float(v.value),)
+    raise Problem(f"expected a list of numbers [a,b,...], got {v.text!r}")
+
+
+numbers.doc = "[a,b,...]"
+
+
 def flag_bool(v) -> bool:
     return boolean(v) == "true"
 
@@ -303,14 +315,55 @@ def concat_shape(layer):
     return (sum(s[0] for s in shapes), *first[1:])
 
 
-def add_shape(layer):
+def elementwise_shape(layer):
+    """add, max, mul: inputs of one shape; add's coeff has one number per input."""
     first = layer.in_shapes[0]
     for name, shape in zip(layer.inputs[1:], layer.in_shapes[1:]):
         if shape != first:
-            raise Problem(f"add needs inputs of the same shape, but {layer.inputs[0]} is {fmt_shape(first)} "
+            raise Problem(f"{layer.kind} needs inputs of the same shape, but {layer.inputs[0]} is {fmt_shape(first)} "
                           f"and {name} is {fmt_shape(shape)}",
                           help="use a 1x1 conv (and stride) on one branch to match the other")
+    coeff = layer.attrs.get("coeff")
+    if coeff is not None and len(coeff) != len(layer.inputs):
+        raise Problem(f"coeff has {len(coeff)} number(s) but add has {len(layer.inputs)} inputs", "coeff",
+                      "give one coefficient per input, in the order of `from`")
     return first
+
+
+def slice_shape(layer):
+    c, *rest = layer.in_shapes[0]
+    begin, end = layer.attrs["begin"], layer.attrs["end"]
+    if end > c:
+        raise Problem(f"end={end} is past the {c} channels of {layer.inputs[0]}", "end",
+                      f"channels are [begin, end) with end ≤ {c}")
+    if begin >= end:
+        raise Problem(f"begin={begin} must be below end={end}", "begin", "slice keeps channels [begin, end)")
+    return (end - begin, *rest)
+
+
+def crop_shape(layer):
+    """HxW from the reference (second input) or, with one input, from `size`."""
+    c, h, w = _image(layer)
+    size = layer.attrs["size"]
+    if len(layer.inputs) == 2:
+        if size is not None:
+            raise Problem("crop takes its size from the second input or from size=, not both", "size",
+                          "drop size= or the reference layer")
+        ref = layer.in_shapes[1]
+        if len(ref) != 3:
+            raise Problem(f"crop needs a CxHxW reference, but {layer.inputs[1]} gives {fmt_shape(ref)}")
+        size, whence = ref[1:], f"from {layer.inputs[1]}"
+    elif size is None:
+        raise Problem("crop needs a reference layer (`from X, REF`) or size=HxW", "size",
+                      "e.g. `crop c from x, ref offset=2` or `crop c from x size=24 offset=4`")
+    else:
+        whence = "size"
+    for axis, n, want, off in zip("HW", (h, w), size, layer.attrs["offset"]):
+        if off + want > n:
+            raise Problem(f"the crop does not fit along {axis}: offset {off} + {want} ({whence}) "
+                          f"> {n} (from {layer.inputs[0]})", "offset",
+                          "the cropped window must lie inside the first input")
+    return (c, *size)
 
 
 # parameter shapes ------------------------------------------------------------
@@ -341,6 +394,14 @@ def fc_params(layer):
 def batchnorm_params(layer):
     c = layer.in_shapes[0][0]
     return {"mean": (c,), "var": (c,), "scale": (c,), "shift": (c,)}
+
+
+def per_channel_params(*suffixes):
+    """prelu/scale: one value per channel (axis 1), or one shared value (prelu shared=true)."""
+    def params(layer):
+        c = 1 if layer.attrs.get("shared") else layer.in_shapes[0][0]
+        return {s: (c,) for s in suffixes if s != "shift" or layer.attrs.get("bias", False)}
+    return params
 
 
 def conv_macs(layer):
@@ -432,7 +493,24 @@ LAYER_KINDS: dict[str, LayerKind] = {k.name: k for k in [
     LayerKind("dropout", dict(ratio=Key(fraction, 0.5, "drop ratio (training only)")), same_shape,
               "identity at inference", needs_image=False),
     LayerKind("concat", {}, concat_shape, "channel concatenation", arity=(2, 1 << 30), needs_image=False),
-    LayerKind("add", {}, add_shape, "elementwise sum", arity=(2, 1 << 30), needs_image=False),
+    LayerKind("add", dict(coeff=Key(numbers, None, "one coefficient per input (all 1)")), elementwise_shape,
+              "elementwise sum, Σ coeff_i·x_i", arity=(2, 1 << 30), needs_image=False),
+    LayerKind("max", {}, elementwise_shape, "elementwise maximum (NaN propagates)", arity=(2, 1 << 30),
+              needs_image=False),
+    LayerKind("mul", {}, elementwise_shape, "elementwise product", arity=(2, 1 << 30), needs_image=False),
+    LayerKind("prelu", dict(shared=Key(flag_bool, False, "one slope for all channels")), same_shape,
+              "x > 0 ? x : slope_c·x", params=per_channel_params("slope"), needs_image=False),
+    LayerKind("scale", dict(bias=Key(flag_bool, True, "add a learned shift per channel")), same_shape,
+              "x·scale_c + shift_c", params=per_channel_params("scale", "shift"), needs_image=False),
+    LayerKind("slice", dict(begin=Key(integer(0), doc="first channel (0-based)"),
+                            end=Key(integer(1), doc="one past the last channel")), slice_shape,
+              "channels [begin, end)", needs_image=False),
+    LayerKind("crop", dict(offset=Key(pair(0), (0, 0), "offset N or HxW of the window in the first input"),
+                           size=Key(pair(1), None, "the window N or HxW, when there is no reference layer")),
+              crop_shape, "the first input cut to the second's HxW (or size)", arity=(1, 2)),
+    LayerKind("power", dict(power=Key(real(), 1.0, "exponent"), scale=Key(real(), 1.0, "multiplies x"),
+                            shift=Key(real(), 0.0, "added after scaling")), same_shape,
+              "(shift + scale·x)^power", needs_image=False),
     LayerKind("batchnorm", dict(eps=Key(real(0.0, strict=True), 1e-5, "added to the variance")), same_shape,
               "inference batch normalization", params=batchnorm_params, needs_image=False),
     *[_activation_kind(name) for name in ACTIVATIONS],

@@ -1,7 +1,8 @@
 """The NumPy reference: what every layer computes, exactly as docs/language.md defines it.
 
-Computed in float64 and vectorized (one matmul per kernel tap, cumulative sums for LRN,
-strided window views for pooling), so AlexNet at batch 1 runs well under a second.
+Computed in float64 and vectorized (one matmul per kernel tap, strided window views for
+LRN and pooling, each window summed on its own: no running sums), so AlexNet at batch 1
+runs well under a second.
 The compiled kernels and the outside implementations in the tests are checked against it.
 """
 from __future__ import annotations
@@ -128,13 +129,14 @@ def pool(layer, inputs, params):
 
 
 def _window_sum(v, axis, size):
-    """Sum over [i - size//2, i + (size-1)//2] along `axis`, zeros outside."""
+    """Sum over [i - size//2, i + (size-1)//2] along `axis`, zeros outside: each window summed
+    on its own in float64 (a running cumulative sum would lose small values beside large ones
+    and spread one inf or NaN along the whole axis)."""
     lo, hi = size // 2, (size - 1) // 2
     pads = [(0, 0)] * v.ndim
-    pads[axis] = (lo + 1, hi)
-    c = np.cumsum(np.pad(v, pads), axis=axis)
-    n = v.shape[axis]
-    return np.take(c, np.arange(size, size + n), axis=axis) - np.take(c, np.arange(n), axis=axis)
+    pads[axis] = (lo, hi)
+    padded = np.pad(np.asarray(v, np.float64), pads)
+    return sliding_window_view(padded, size, axis=axis).sum(axis=-1)
 
 
 def lrn(layer, inputs, params):
@@ -207,3 +209,48 @@ def run(net, x, params, all_layers: bool = False):
     if all_layers:
         return {layer.name: values[layer.name] for layer in net.layers}
     return values[net.output.name]
+
+
+# ----------------------------------------------------------------------------- spec §2b layers
+def _per_channel(v, ndim):
+    """A per-channel (or one shared) vector, shaped to broadcast along axis 1 of an ndim array."""
+    return v.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def prelu(layer, inputs, params):
+    x = inputs[0]
+    return np.where(x > 0, x, _per_channel(params["slope"], x.ndim) * x)    # NaN: slope·NaN = NaN
+
+
+def scale(layer, inputs, params):
+    x = inputs[0]
+    y = x * _per_channel(params["scale"], x.ndim)
+    return y + _per_channel(params["shift"], x.ndim) if "shift" in params else y
+
+
+def add(layer, inputs, params):
+    coeff = layer.attrs.get("coeff") or (1.0,) * len(inputs)
+    return sum(c * x for c, x in zip(coeff, inputs))
+
+
+def power(layer, inputs, params):
+    a = layer.attrs
+    with np.errstate(invalid="ignore", divide="ignore"):   # a negative base to a fractional power: NaN
+        return np.power(a["shift"] + a["scale"] * inputs[0], a["power"])
+
+
+def crop(layer, inputs, params):
+    (oh, ow), (dy, dx) = layer.out_shape[1:], layer.attrs["offset"]
+    return inputs[0][:, :, dy: dy + oh, dx: dx + ow]
+
+
+ORACLE.update({
+    "prelu": prelu,
+    "scale": scale,
+    "add": add,
+    "max": lambda layer, inputs, params: np.maximum.reduce(inputs),     # NaN propagates
+    "mul": lambda layer, inputs, params: np.prod(inputs, axis=0),
+    "slice": lambda layer, inputs, params: inputs[0][:, layer.attrs["begin"]: layer.attrs["end"]],
+    "crop": crop,
+    "power": power,
+})

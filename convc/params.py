@@ -35,7 +35,9 @@ def _rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(name.encode())])
 
 
-_BATCHNORM_INIT = {"mean": 0.0, "var": 1.0, "scale": 1.0, "shift": 0.0}
+# Parameters that start at a constant: batchnorm/scale as the identity, prelu's slope at
+# Caffe's and PyTorch's default 0.25.
+_BATCHNORM_INIT = {"mean": 0.0, "var": 1.0, "scale": 1.0, "shift": 0.0, "slope": 0.25}
 
 
 def init_layer_params(layer, seed: int) -> dict[str, np.ndarray]:

@@ -9,7 +9,7 @@ from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from .ast import Arg, ConventionStmt, InputStmt, LayerStmt, NetworkStmt, Ref, Statement, Value
-from .errors import ConvcError, Pos, Source
+from .errors import ConvcError, Pos, Source, split_lines
 
 MAX_INT = 2**31 - 1
 
@@ -124,6 +124,12 @@ class _ToAst(Transformer):
         pos = Pos(name.line + self.off, name.column, max(1, meta.end_column - name.column))
         return Value("call", (str(name), args), text, pos)
 
+    @v_args(meta=True)
+    def list(self, meta, numbers):
+        values = tuple(self._number(n) for n in numbers)
+        text = f"[{','.join(str(n) for n in numbers)}]"
+        return Value("list", values, text, Pos(meta.line + self.off, meta.column, max(1, meta.end_column - meta.column)))
+
 
 _SPACED_SHAPE = re.compile(r"\d\s+x|x\s+\d|\dx(?![0-9])")
 
@@ -191,11 +197,31 @@ def _hint_for_token(err: UnexpectedToken) -> str:
     return "a statement is `KIND NAME [from A, B] [FLAG ...] [key=value ...]`"
 
 
+# Characters that str.splitlines() and some editors treat as line breaks, but .conv does not:
+# only \n, \r\n and \r end a line, so one of these inside a line is an error at its place.
+_NOT_LINE_ENDS = {"\f": "form feed (U+000C)", "\v": "vertical tab (U+000B)", "\x1c": "U+001C",
+                  "\x1d": "U+001D", "\x1e": "U+001E", "\x85": "next line (U+0085)",
+                  "\u2028": "line separator (U+2028)", "\u2029": "paragraph separator (U+2029)"}
+_NOT_LINE_END = re.compile("[" + "".join(_NOT_LINE_ENDS) + "]")
+
+
+def _stray_line_break(line_text: str, line_no: int, source: Source):
+    found = _NOT_LINE_END.search(line_text)
+    if found is None:
+        return None
+    return source.diagnostic(f"{_NOT_LINE_ENDS[found.group()]} inside a line", Pos(line_no, found.start() + 1, 1),
+                             "only \\n, \\r\\n and \\r end a line: replace it with a line break or a space")
+
+
 def parse_statements(source: Source) -> list[Statement]:
     """Parse every line; raise one ConvcError with all syntax errors of the file."""
     statements, errors = [], []
     lark = _lark()
     for index, line_text in enumerate(source.lines):
+        stray = _stray_line_break(line_text, index + 1, source)
+        if stray is not None:
+            errors.append(stray)
+            continue
         stripped = line_text.split("#", 1)[0].strip()
         if not stripped:
             continue
@@ -216,11 +242,11 @@ def parse_statements(source: Source) -> list[Statement]:
 def decode(data: bytes, filename: str) -> str:
     """Bytes of a .conv file -> text; a file that is not UTF-8 is a user error with a place."""
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")          # a leading byte order mark is dropped
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         col = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
-        lines = data.decode("utf-8", errors="replace").splitlines()
+        lines = split_lines(data.decode("utf-8", errors="replace"))
         src = Source("\n".join(lines), filename)
         raise src.error(f"the file is not UTF-8 text (byte 0x{data[err.start]:02x})", Pos(line, col, 1),
                         "save the file as UTF-8; .conv files use ASCII names") from None

@@ -5,8 +5,20 @@ from __future__ import annotations
 from .layers import fmt_shape
 
 
+# What `convc info` shows in the window column for kinds without a kernel window.
+_DETAILS = {
+    "slice": lambda a: f"channels [{a['begin']},{a['end']})",
+    "crop": lambda a: (f"{fmt_shape(_squash(a['size']))} " if a["size"] else "") + f"offset {fmt_shape(_squash(a['offset']))}",
+    "add": lambda a: f"coeff [{','.join(f'{c:g}' for c in a['coeff'])}]" if a.get("coeff") else "",
+    "power": lambda a: f"({a['shift']:g} + {a['scale']:g}x)^{a['power']:g}",
+    "prelu": lambda a: "shared" if a["shared"] else "",
+}
+
+
 def _geometry(layer) -> str:
     a = layer.attrs
+    if layer.kind in _DETAILS:
+        return _DETAILS[layer.kind](a)
     if layer.kind == "pool" and a.get("global"):
         return f"{a['mode']} global"
     if "size" not in a or not isinstance(a["size"], tuple):

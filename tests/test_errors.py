@@ -232,8 +232,8 @@ def test_unknown_kind_is_one_error_only():
     # The layer with the unknown kind is still a layer: no "the network has no layers" on top.
     golden("input d 3x8x8\nconvolution a filters=2 size=3\n", 2, "convolution",
            "unknown layer kind 'convolution'",
-           "known: abs, add, batchnorm, brelu, concat, conv, deconv, dropout, fc, ident, leaky, linear, local, "
-           "logistic, lrn, pool, relu, softmax, softrelu, sqrt, square, tanh")
+           "known: abs, add, batchnorm, brelu, concat, conv, crop, deconv, dropout, fc, ident, leaky, linear, local, "
+           "logistic, lrn, max, mul, pool, power, prelu, relu, scale, slice, softmax, softrelu, sqrt, square, tanh")
 
 
 def test_layer_after_an_unknown_kind_is_not_blamed():

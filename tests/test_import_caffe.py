@@ -236,11 +236,11 @@ layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
   convolution_param { num_output: 8 kernel_size: 3 axis: 2 } }
 layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
   pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 } }
-layer { name: "pw" type: "Power" bottom: "data" top: "pw" power_param { power: 3 } }
-layer { name: "elt" type: "Eltwise" bottom: "data" bottom: "data" top: "elt" eltwise_param { operation: PROD } }
-layer { name: "weird" type: "PReLU" bottom: "data" top: "weird" }
+layer { name: "sl" type: "Slice" bottom: "data" top: "a" top: "b" slice_param { axis: 2 } }
+layer { name: "elt" type: "Eltwise" bottom: "data" bottom: "data" top: "elt" eltwise_param { operation: MAX coeff: 2 } }
+layer { name: "weird" type: "PriorBox" bottom: "data" top: "weird" }
 layer { name: "lrn" type: "LRN" bottom: "data" top: "lrn" lrn_param { local_size: 5 frob: 1 } }
-layer { name: "sc" type: "Scale" bottom: "data" top: "sc" }
+layer { name: "sc" type: "Scale" bottom: "data" top: "sc" scale_param { axis: 2 } }
 layer { name: "ip" type: "InnerProduct" bottom: "nothing" top: "ip" inner_product_param { num_output: 2 } }
 """
 
@@ -250,11 +250,11 @@ def test_unsupported_things_are_reported_all_at_once():
         importers.caffe("bad.prototxt", text=BAD_NET)
     diags = info.value.diagnostics
     found = {(d.pos.line, d.message.split(":")[0]) for d in diags}
-    assert found == {(5, "layer 'conv1' (Convolution)"), (7, "layer 'pool1' (Pooling)"), (8, "layer 'pw' (Power)"),
-                     (9, "layer 'elt' (Eltwise)"), (10, "layer 'weird' (PReLU)"), (11, "layer 'lrn' (LRN)"),
+    assert found == {(5, "layer 'conv1' (Convolution)"), (7, "layer 'pool1' (Pooling)"), (8, "layer 'sl' (Slice)"),
+                     (9, "layer 'elt' (Eltwise)"), (10, "layer 'weird' (PriorBox)"), (11, "layer 'lrn' (LRN)"),
                      (12, "layer 'sc' (Scale)"), (13, "layer 'ip' (InnerProduct)")}
     text = str(info.value)
-    assert "bad.prototxt:10:29: error: layer 'weird' (PReLU): layer type 'PReLU' has no .conv equivalent" in text
+    assert "bad.prototxt:10:29: error: layer 'weird' (PriorBox): layer type 'PriorBox' has no .conv equivalent" in text
     assert "lrn_param.frob has no .conv equivalent" in text
     assert "bottom blob 'nothing'" in text and text.rstrip().endswith("8 errors")
 

@@ -339,7 +339,7 @@ type=data
 dataIdx=0
 
 [conv1]
-type=conv
+type=local
 inputs=data,data
 channels=3
 filters=16
@@ -380,7 +380,7 @@ def test_unsupported_things_are_reported_all_at_once():
     assert any(line == 22 and "cnorm" in m for line, m in places)
     assert any(line == 32 and "blocked" in m for line, m in places)
     assert any("'rn'" in m and "scale" in m for _, m in places)     # no layer-params file given
-    assert text.startswith("bad.cfg:7:8: error: layer 'conv1' (conv)")
+    assert text.startswith("bad.cfg:7:8: error: layer 'conv1' (local)")
     assert "inputs=data,data\n       ^~~~~~~~~" in text
 
 

@@ -16,14 +16,15 @@ from .common import ImportResult
 from .weights import convert_weights, load_npz, save_npz
 
 
-def caffe(path, text: str | None = None, input_shape=None) -> ImportResult:
+def caffe(path, text: str | None = None, input_shape=None, phase: str = "TEST", stages=()) -> ImportResult:
     """Import a Caffe .prototxt. `input_shape` (C, H, W) is needed only when the file's input
-    is a data layer that does not say its size (a train_val file)."""
+    is a data layer that does not say its size (a train_val file). `phase` ("TEST" or "TRAIN")
+    and `stages` choose layers by their include/exclude rules, as Caffe does."""
     from .from_caffe import import_caffe
     if isinstance(input_shape, str):
         from .from_cuda_convnet import parse_input_shape
         input_shape = parse_input_shape(input_shape)
-    return import_caffe(path, text, input_shape)
+    return import_caffe(path, text, input_shape, phase, stages)
 
 
 def cuda_convnet(layers_cfg_path, params_cfg_path=None, input_shape=(3, 32, 32), *,

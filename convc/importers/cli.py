@@ -20,6 +20,13 @@ def add_parser(subparsers) -> None:
     c.add_argument("prototxt", help="the network definition, e.g. deploy.prototxt")
     c.add_argument("--input", metavar="CxHxW",
                    help="input size, needed only when the input is a data layer without a size")
+    c.add_argument("--weights", metavar="MODEL.caffemodel",
+                   help="trained weights (binary NetParameter): written as convc params beside -o "
+                        "(NET.npz) or to --params-out")
+    c.add_argument("--phase", choices=("TEST", "TRAIN"), default="TEST", type=str.upper,
+                   help="the phase whose layers to take, by their include/exclude rules (default TEST)")
+    c.add_argument("--stage", action="append", default=[], metavar="NAME",
+                   help="a stage of the net state, for include/exclude rules (repeatable)")
     _common(c)
 
     k = formats.add_parser("cuda-convnet", help="cuda-convnet's layers.cfg and layer-params.cfg")
@@ -43,15 +50,22 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from . import caffe, convert_weights, cuda_convnet, load_npz, save_npz
+    weights = getattr(args, "weights", None)
+    if weights and args.params_from:
+        raise ConvcError(Diagnostic("give --weights or --params-from, not both", filename="convc import"))
+    params_out = _params_out(args, args.params_from or weights)
     if args.format == "caffe":
-        result = caffe(args.prototxt, input_shape=args.input)
+        result = caffe(args.prototxt, input_shape=args.input, phase=args.phase, stages=args.stage)
     else:
         result = cuda_convnet(args.layers_cfg, args.params_cfg, input_shape=args.input)
-    params_out = _params_out(args)
     params = None
     if args.params_from:
         params = convert_weights(result, load_npz(args.params_from), filename=args.params_from,
                                  notes=result.notes)
+    elif weights:
+        from .caffemodel import read_caffemodel
+        params = convert_weights(result, read_caffemodel(weights), filename=weights, notes=result.notes,
+                                 caffemodel=True)
     if not args.quiet:
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)
@@ -62,17 +76,18 @@ def run(args) -> int:
     return 0
 
 
-def _params_out(args):
-    if not args.params_from:
+def _params_out(args, arrays_from):
+    if not arrays_from:
         if args.params_out:
-            raise ConvcError(Diagnostic("--params-out needs --params-from (the arrays to convert)",
+            raise ConvcError(Diagnostic("--params-out needs --params-from or --weights (the arrays to convert)",
                                         filename="convc import"))
         return None
     if args.params_out:
         return args.params_out
     if args.output:
         return str(Path(args.output).with_suffix(".npz"))
-    raise ConvcError(Diagnostic("--params-from needs --params-out (or -o, to write NAME.npz beside it)",
+    flag = "--params-from" if args.params_from else "--weights"
+    raise ConvcError(Diagnostic(f"{flag} needs --params-out (or -o, to write NAME.npz beside it)",
                                 filename="convc import"))
 
 

@@ -145,6 +145,14 @@ def fold_activations(recs: list[Rec], notes: list[str]) -> list[Rec]:
     return out
 
 
+def require_layers(recs: list[Rec], filename: str) -> None:
+    """An import that yields no layer (only an input, or only training layers) is an error."""
+    if not recs:
+        raise ConvcError(Diagnostic("nothing to import: the file defines no layer that convc computes "
+                                    "(only its input, or layers used in training only)", filename=filename,
+                                    help="a network needs at least one layer after its input"))
+
+
 def render(header: list[str], preamble: list[str], input_name: str, recs: list[Rec]) -> str:
     lines = [f"# {h}" if h else "#" for h in header] + [""] + preamble + [""]
     kind_w = max([len(r.kind) for r in recs] + [5])

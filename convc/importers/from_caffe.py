@@ -13,7 +13,7 @@ from pathlib import Path
 from ..errors import ConvcError, Pos
 from . import prototxt
 from .common import (Act, ImportResult, Names, Rec, Reporter, activation_rec, fmt, fold_activations,
-                     render, size_text)
+                     render, require_layers, size_text)
 from .prototxt import Message, Scalar
 
 # V1 (`layers { type: CONVOLUTION }`) enum names -> the type strings of `layer { type: "..." }`.
@@ -37,6 +37,9 @@ TRAINING_ONLY = {"Accuracy", "SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEn
 # Layers that read a data set: the network input comes from them (or from --input).
 DATA_LAYERS = {"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "DummyData"}
 
+CHOOSE_STATE = "choose the layers with --phase TEST|TRAIN and --stage NAME"
+# Types whose layers may have several tops.
+MULTI_TOP = {"Split", "Slice"}
 # Fields of a layer that do not change what it computes at inference.
 LAYER_FIELDS = {"name", "type", "bottom", "top", "param", "include", "exclude", "loss_weight",
                 "propagate_down", "phase", "blobs_lr", "weight_decay", "blob_share_mode", "transform_param",
@@ -71,8 +74,10 @@ class _Skip(Exception):
 
 
 class CaffeImporter:
-    def __init__(self, text: str, filename: str, input_shape=None):
+    def __init__(self, text: str, filename: str, input_shape=None, phase: str = "TEST", stages=()):
         self.rep = Reporter(text, filename)
+        self.phase, self.stages = phase, set(stages)
+        self.left_out: list[str] = []                # data layers the phase/stage rules left out
         self.filename = filename
         self.notes: list[str] = []
         self.names = Names(self.notes)
@@ -136,9 +141,17 @@ class CaffeImporter:
                 for top in layer.tops:
                     self.blobs[top] = None
         if self.input_name is None and not self.rep.diagnostics:
-            self.rep.error("the network has no input", Pos(1, 1, 1),
+            self.rep.error("the network has no input" + self.left_out_text(), Pos(1, 1, 1),
+                           CHOOSE_STATE if self.left_out else
                            "add `input: \"data\"` with `input_shape { dim: 1 dim: 3 dim: 227 dim: 227 }`, "
                            "an Input layer, or pass --input CxHxW")
+
+    def left_out_text(self) -> str:
+        """Why there is no data: which data layers the include/exclude rules left out."""
+        if not self.left_out:
+            return ""
+        state = f"--phase {self.phase}" + "".join(f" --stage {s}" for s in sorted(self.stages))
+        return f"; the include/exclude rules for {state} left out the data layer(s) {', '.join(self.left_out)}"
 
     def read_net_inputs(self, root: Message) -> None:
         inputs = root.all("input")
@@ -147,6 +160,10 @@ class CaffeImporter:
         if len(inputs) > 1:
             self.rep.error("convc networks have exactly one input; this net declares "
                            f"{len(inputs)}", inputs[1].pos)
+            for f in inputs:          # layers reading them are not imported, and not reported again
+                if isinstance(f.value, Scalar):
+                    self.blobs[str(f.value.value)] = None
+            self.input_name = ""
             return
         name = self.value(inputs[0].value, "str", "input")
         dims = [self.get_all(f.value, "dim", "int") for f in root.all("input_shape") if isinstance(f.value, Message)]
@@ -179,9 +196,13 @@ class CaffeImporter:
                 self.rep.error(f"'{f.name}' must be a message {{ ... }}", f.pos)
                 continue
             layer = self.read_layer(f, v1=f.name == "layers")
-            if layer is not None and self.in_test_phase(layer):
+            if layer is None:
+                continue
+            if self.in_state(layer):
                 layer.index = len(layers)
                 layers.append(layer)
+            elif layer.type in DATA_LAYERS or layer.type == "Input":
+                self.left_out.append(f"'{layer.name}' ({layer.type}, line {layer.pos.line})")
         return layers
 
     def read_layer(self, f, v1: bool) -> Layer | None:
@@ -204,8 +225,8 @@ class CaffeImporter:
         except _Skip:
             return None
 
-    def in_test_phase(self, layer: Layer) -> bool:
-        """Caffe's StateMeetsRule for the state {phase: TEST, level: 0, no stages}."""
+    def in_state(self, layer: Layer) -> bool:
+        """Caffe's StateMeetsRule for the state {phase, level 0, stages} chosen by --phase/--stage."""
         include, exclude = layer.msg.all("include"), layer.msg.all("exclude")
         if include:
             return any(self.rule_meets(r.value) for r in include if isinstance(r.value, Message))
@@ -213,12 +234,15 @@ class CaffeImporter:
 
     def rule_meets(self, rule: Message) -> bool:
         phase = rule.last("phase")
-        if phase is not None and isinstance(phase.value, Scalar) and phase.value.value not in ("TEST", 1):
+        wanted = {"TEST": ("TEST", 1), "TRAIN": ("TRAIN", 0)}[self.phase]
+        if phase is not None and isinstance(phase.value, Scalar) and phase.value.value not in wanted:
             return False
         lo, hi = self.get(rule, "min_level", "int", None), self.get(rule, "max_level", "int", None)
         if (lo is not None and lo > 0) or (hi is not None and hi < 0):
             return False
-        return not rule.all("stage")
+        stage = [f.value.value for f in rule.all("stage") if isinstance(f.value, Scalar)]
+        not_stage = [f.value.value for f in rule.all("not_stage") if isinstance(f.value, Scalar)]
+        return all(s in self.stages for s in stage) and not any(s in self.stages for s in not_stage)
 
     def number_blob_versions(self) -> None:
         """Give each write of a blob a version, so that in-place chains are followed exactly."""
@@ -259,7 +283,8 @@ class CaffeImporter:
                 self.blobs[top] = inputs[0]
             return
         self.recs.extend(recs)
-        self.blobs[layer.tops[0]] = recs[-1].name
+        for top, rec in zip(layer.tops, recs[-len(layer.tops):]):    # Slice: one record per top
+            self.blobs[top] = rec.name
 
     def check_fields(self, layer: Layer, param_name: str | None, handled: set) -> None:
         problems = False
@@ -290,13 +315,15 @@ class CaffeImporter:
         if not lo <= len(layer.bottoms) <= hi:
             want = str(lo) if lo == hi else f"at least {lo}"
             self.unsupported(layer, f"takes {want} bottom blob(s), has {len(layer.bottoms)}")
-        if len(layer.tops) != 1 and layer.type != "Split":
+        if len(layer.tops) != 1 and layer.type not in MULTI_TOP:
             self.unsupported(layer, f"has {len(layer.tops)} top blobs; convc layers have one output")
 
     def input_of(self, layer: Layer, blob: str) -> str:
         if blob not in self.blobs:
-            self.unsupported(layer, f"bottom blob '{blob}' is not produced by any layer before it",
-                             self.bottom_pos(layer, blob))
+            self.blobs[blob] = None      # reported once: later readers of the blob stay quiet
+            self.unsupported(layer, f"bottom blob '{blob}' is not produced by any layer before it"
+                             + self.left_out_text(), self.bottom_pos(layer, blob),
+                             CHOOSE_STATE if self.left_out else None)
         if blob in self.dropped and self.blobs[blob] is None:
             self.unsupported(layer, f"reads '{blob}', {self.dropped[blob]}", self.bottom_pos(layer, blob))
         if self.blobs[blob] is None:
@@ -351,11 +378,54 @@ class CaffeImporter:
         if layer.type == "DummyData":
             shapes = [self.get_all(f.value, "dim", "int") for f in layer.param("dummy_data_param").all("shape")]
             return shapes[0] if shapes else None
-        return None
+        return self.transform_dims(layer)
+
+    def transform_dims(self, layer: Layer):
+        """`transform_param { crop_size }`: the images the net sees are crop_size², with channels
+        from mean_value or ImageData's is_color (3 otherwise). scale and mean_* are preprocessing."""
+        t = layer.param("transform_param")
+        for key, what in PREPROCESSING.items():
+            values = [fmt(v.value.value) if isinstance(v.value.value, (int, float)) else str(v.value.value)
+                      for v in t.all(key) if isinstance(v.value, Scalar)]
+            if values:
+                self.notes.append(f"data layer '{layer.name}': transform_param {key} is preprocessing, not part of "
+                                  f"the .conv: {what.format(', '.join(values))}")
+        crop = self.get(t, "crop_size", "int", 0)
+        if not crop:
+            return None
+        means = t.all("mean_value")
+        color = self.get(layer.param("image_data_param"), "is_color", "bool", True)
+        channels = len(means) if len(means) > 1 else 3 if color else 1
+        self.notes.append(f"data layer '{layer.name}': input size {channels}x{crop}x{crop} from transform_param "
+                          f"crop_size {crop}" + ("" if len(means) > 1 or not color else
+                                                 " (3 channels assumed: pass --input CxHxW for others)"))
+        return [1, channels, crop, crop]
+
+    def shape_of(self, layer: Layer, name: str) -> tuple:
+        """The per-image shape of an imported layer (or the input), by checking the records so far."""
+        from ..network import build_network
+        from ..parser import parse_statements
+        from ..errors import Source
+        if self.tainted:           # an input was not imported (already reported): nothing to measure
+            raise _Skip()
+        if name == self.input_name:
+            return self.input_shape
+        text = render([], ["convention caffe", f"input {self.input_name} {'x'.join(map(str, self.input_shape))}"],
+                      self.input_name, self.recs)
+        try:
+            source = Source(text, "<imported so far>")
+            return build_network(parse_statements(source), source).shape_of(name)
+        except ConvcError as err:
+            first = err.diagnostics[0].message if err.diagnostics else str(err)
+            self.unsupported(layer, f"the shape of its input is unknown: the layers before it do not check ({first})")
 
     def new_rec(self, layer: Layer, kind: str, inputs: list[str], **kw) -> Rec:
         return Rec(kind, self.names.new(layer.name), inputs, origin=layer.name, **kw)
 
+
+# transform_param fields: what the user does to the images before running the .conv
+PREPROCESSING = {"scale": "multiply the images by {} first", "mean_value": "subtract the mean {} per channel first",
+                 "mean_file": "subtract the mean image {} first", "mirror": "mirror {} is a training augmentation"}
 
 _KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "enum": "an enum name",
                "str": "a quoted string"}
@@ -456,6 +526,8 @@ def pooling(imp: CaffeImporter, layer: Layer, p: Message, inputs) -> list[Rec]:
     if round_mode not in ("CEIL", "FLOOR", 0, 1):
         imp.unsupported(layer, f"round_mode {round_mode}", imp.field_pos(p, "round_mode", layer.pos))
     ceil = round_mode in ("CEIL", 0)
+    if p.last("ceil_mode") is not None:           # the field of Caffe forks (DenseNet, SSD): same meaning
+        ceil = imp.get(p, "ceil_mode", "bool", True)
     if ceil and (pad[0] > 0) != (pad[1] > 0) and any(s > k for s, k, q in zip(stride, kernel, pad) if q == 0):
         imp.unsupported(layer, "pad only in one direction with stride > kernel: Caffe clips the other "
                         "direction's last window too, which .conv does not", layer.pos)
@@ -520,20 +592,17 @@ def relu(imp: CaffeImporter, layer: Layer, p: Message, inputs) -> list[Rec]:
 
 
 def power(imp: CaffeImporter, layer: Layer, p: Message, inputs) -> list[Rec]:
-    """y = (shift + scale·x)^power: exact only for power 1, 2 and 0.5."""
-    pw, scale, shift = (imp.get(p, k, "float", d) for k, d in (("power", 1.0), ("scale", 1.0), ("shift", 0.0)))
-    outer = {1.0: None, 2.0: "square", 0.5: "sqrt"}
-    if pw not in outer:
-        imp.unsupported(layer, f"power {fmt(pw)}: .conv has x², √x and a·x+b, not x^{fmt(pw)}",
-                        imp.field_pos(p, "power", layer.pos))
-    if outer[pw] is None:
-        return [_act_rec(imp, layer, Act("linear", (scale, shift)), inputs)]
-    if (scale, shift) == (1.0, 0.0):
-        return [_act_rec(imp, layer, Act(outer[pw]), inputs)]
-    inner = activation_rec(imp.names.new(layer.name + "_linear"), Act("linear", (scale, shift)), inputs[0],
-                           f"the linear part of '{layer.name}' (Power)")
-    imp.notes.append(f"layer '{layer.name}' (Power) becomes linear '{inner.name}' then {outer[pw]}")
-    return [inner, _act_rec(imp, layer, Act(outer[pw]), [inner.name])]
+    """y = (shift + scale·x)^power: .conv's `power`."""
+    keys = {k: imp.get(p, k, "float", d) for k, d in (("power", 1.0), ("scale", 1.0), ("shift", 0.0))}
+    defaults = {"power": 1.0, "scale": 1.0, "shift": 0.0}
+    return [imp.new_rec(layer, "power", inputs, keys={k: v for k, v in keys.items() if v != defaults[k]})]
+
+
+def prelu(imp: CaffeImporter, layer: Layer, p: Message, inputs) -> list[Rec]:
+    shared = imp.get(p, "channel_shared", "bool", False)
+    rec = imp.new_rec(layer, "prelu", inputs, keys={"shared": "true"} if shared else {})
+    rec.weights = {"op": "caffe", "kind": "prelu", "layer": rec.name, "src": layer.name}
+    return [rec]
 
 
 def softmax(imp: CaffeImporter, layer: Layer, p: Message, inputs) -> list[Rec]:
@@ -561,19 +630,73 @@ def concat(imp: CaffeImporter, layer: Layer, p: Message, inputs):
     return [imp.new_rec(layer, "concat", inputs)]
 
 
+# Caffe's EltwiseOp enum (PROD = 0, SUM = 1, MAX = 2) -> .conv kinds
+ELTWISE_KINDS = {"PROD": "mul", 0: "mul", "SUM": "add", 1: "add", "MAX": "max", 2: "max"}
+
+
 def eltwise(imp: CaffeImporter, layer: Layer, p: Message, inputs):
     op = imp.get(p, "operation", "enum", "SUM")
-    if op not in ("SUM", 1):
-        imp.unsupported(layer, f"operation {op}; convc has the elementwise sum (add) only",
-                        imp.field_pos(p, "operation", layer.pos))
+    kind = ELTWISE_KINDS.get(op)
+    if kind is None:
+        imp.unsupported(layer, f"operation {op}", imp.field_pos(p, "operation", layer.pos),
+                        "Caffe's Eltwise operations are PROD, SUM and MAX")
     coeffs = imp.get_all(p, "coeff", "float")
-    if any(c != 1.0 for c in coeffs):
-        imp.unsupported(layer, f"coefficients {[fmt(c) for c in coeffs]}; convc's add has coefficients 1",
+    if coeffs and kind != "add":
+        imp.unsupported(layer, "coefficients on a PROD or MAX Eltwise (Caffe refuses them too)",
                         imp.field_pos(p, "coeff", layer.pos))
+    if coeffs and len(coeffs) != len(inputs):
+        imp.unsupported(layer, f"{len(coeffs)} coefficients for {len(inputs)} bottoms (Caffe needs one per bottom)",
+                        imp.field_pos(p, "coeff", layer.pos))
+    keys = {"coeff": "[" + ",".join(fmt(c) for c in coeffs) + "]"} if any(c != 1.0 for c in coeffs) else {}
     if len(inputs) == 1:
+        if keys:
+            return [imp.new_rec(layer, "power", inputs, keys={"scale": coeffs[0]})]
         imp.notes.append(f"layer '{layer.name}' (Eltwise of one blob) is the identity; removed")
         return None
-    return [imp.new_rec(layer, "add", inputs)]
+    return [imp.new_rec(layer, kind, inputs, keys=keys)]
+
+
+def slice_layer(imp: CaffeImporter, layer: Layer, p: Message, inputs):
+    """Caffe's Slice along the channels: one `slice` per top, [slice_point[i-1], slice_point[i])."""
+    axis = imp.get(p, "axis", "int", None)
+    if axis is None:
+        axis = imp.get(p, "slice_dim", "int", 1)
+    if axis != 1:
+        imp.unsupported(layer, f"slicing along axis {axis}; convc slices channels (axis 1)",
+                        imp.field_pos(p, "axis", imp.field_pos(p, "slice_dim", layer.pos)))
+    points = imp.get_all(p, "slice_point", "int")
+    tops = len(layer.tops)
+    if points and len(points) != tops - 1:
+        imp.unsupported(layer, f"{len(points)} slice points for {tops} tops (Caffe needs tops - 1)",
+                        imp.field_pos(p, "slice_point", layer.pos))
+    channels = imp.shape_of(layer, inputs[0])[0]
+    if not points:
+        if channels % tops:
+            imp.unsupported(layer, f"{channels} channels do not split evenly into {tops} tops")
+        points = [channels // tops * i for i in range(1, tops)]
+    bounds = [0, *points, channels]
+    if any(a >= b for a, b in zip(bounds, bounds[1:])):
+        imp.unsupported(layer, f"slice points {points} are not increasing inside the {channels} channels",
+                        imp.field_pos(p, "slice_point", layer.pos))
+    if tops == 1:
+        imp.notes.append(f"layer '{layer.name}' (Slice with one top) is the identity; removed")
+        return None
+    return [Rec("slice", imp.names.new(top), inputs, keys={"begin": a, "end": b}, origin=layer.name)
+            for top, a, b in zip(layer.tops, bounds, bounds[1:])]
+
+
+def crop(imp: CaffeImporter, layer: Layer, p: Message, inputs) -> list[Rec]:
+    """Caffe's Crop with axis 2: H and W of the first bottom cut to the second's, at `offset`."""
+    axis = imp.get(p, "axis", "int", 2)
+    if axis not in (2, -2):
+        imp.unsupported(layer, f"cropping from axis {axis}; convc crops height and width (axis 2)",
+                        imp.field_pos(p, "axis", layer.pos))
+    offsets = imp.get_all(p, "offset", "int")
+    if len(offsets) > 2:
+        imp.unsupported(layer, f"{len(offsets)} offsets for the 2 axes H, W", imp.field_pos(p, "offset", layer.pos))
+    hw = (offsets or [0]) * (2 if len(offsets) <= 1 else 1)
+    keys = {"offset": size_text(*hw)} if any(hw) else {}
+    return [imp.new_rec(layer, "crop", inputs, keys=keys)]
 
 
 def batch_norm(imp: CaffeImporter, layer: Layer, p: Message, inputs) -> list[Rec]:
@@ -600,9 +723,15 @@ def batch_norm(imp: CaffeImporter, layer: Layer, p: Message, inputs) -> list[Rec
     return [rec]
 
 
-def scale_alone(imp: CaffeImporter, layer: Layer, p: Message, inputs):
-    imp.unsupported(layer, "a Scale layer that does not directly follow a BatchNorm",
-                    help="convc merges BatchNorm + Scale into `batchnorm`; a lone Scale has no equivalent")
+def scale_alone(imp: CaffeImporter, layer: Layer, p: Message, inputs) -> list[Rec]:
+    """A Scale not merged into a BatchNorm: per-channel multiply (and shift with bias_term)."""
+    if imp.get(p, "axis", "int", 1) != 1 or imp.get(p, "num_axes", "int", 1) != 1:
+        imp.unsupported(layer, "a Scale over other axes than the channels (axis 1, num_axes 1)",
+                        imp.field_pos(p, "num_axes", imp.field_pos(p, "axis", layer.pos)))
+    bias = imp.get(p, "bias_term", "bool", False)
+    rec = imp.new_rec(layer, "scale", inputs, keys={} if bias else {"bias": "false"})
+    rec.weights = {"op": "caffe", "kind": "scale", "layer": rec.name, "src": layer.name, "bias": bias}
+    return [rec]
 
 
 def flatten(imp: CaffeImporter, layer: Layer, p: Message, inputs):
@@ -628,7 +757,8 @@ CONVERTERS = {
     "Convolution": (convolution, "convolution_param", CONV_FIELDS, _ONE),
     "Deconvolution": (convolution, "convolution_param", CONV_FIELDS, _ONE),
     "Pooling": (pooling, "pooling_param", {"pool", "pad", "pad_h", "pad_w", "kernel_size", "kernel_h", "kernel_w",
-                                           "stride", "stride_h", "stride_w", "global_pooling", "round_mode"}, _ONE),
+                                           "stride", "stride_h", "stride_w", "global_pooling", "round_mode", "ceil_mode"},
+                _ONE),
     "LRN": (lrn, "lrn_param", {"local_size", "alpha", "beta", "norm_region", "k"}, _ONE),
     "InnerProduct": (inner_product, "inner_product_param", {"num_output", "bias_term", "axis", "transpose"}, _ONE),
     "ReLU": (relu, "relu_param", {"negative_slope"}, _ONE),
@@ -643,22 +773,31 @@ CONVERTERS = {
     "Eltwise": (eltwise, "eltwise_param", {"operation", "coeff"}, _MANY),
     "BatchNorm": (batch_norm, "batch_norm_param", {"use_global_stats", "eps"}, _ONE),
     "Scale": (scale_alone, "scale_param", {"axis", "num_axes", "bias_term"}, _ONE),
+    "PReLU": (prelu, "prelu_param", {"channel_shared"}, _ONE),
+    "Slice": (slice_layer, "slice_param", {"axis", "slice_dim", "slice_point"}, _ONE),
+    "Crop": (crop, "crop_param", {"axis", "offset"}, (2, 2)),
     "Flatten": (flatten, "flatten_param", {"axis", "end_axis"}, _ONE),
     "Split": (split, None, set(), _ONE),
 }
 
 
 # ----------------------------------------------------------------------------- entry point
-def import_caffe(path, text: str | None = None, input_shape=None) -> ImportResult:
-    """Import a Caffe .prototxt (deploy or train_val) as a .conv network (convention caffe)."""
+def import_caffe(path, text: str | None = None, input_shape=None, phase: str = "TEST", stages=()) -> ImportResult:
+    """Import a Caffe .prototxt (deploy or train_val) as a .conv network (convention caffe).
+    `phase` and `stages` choose the layers by their include/exclude rules, as Caffe's NetState."""
     filename = str(path)
     if text is None:
         text = _read(path)
     root = prototxt.parse(text, filename)
-    imp = CaffeImporter(text, filename, input_shape)
+    phase = str(phase).upper()
+    if phase not in ("TEST", "TRAIN"):
+        from ..errors import Diagnostic
+        raise ConvcError(Diagnostic(f"unknown phase {phase!r}", filename=filename, help="TEST or TRAIN"))
+    imp = CaffeImporter(text, filename, input_shape, phase, stages)
     imp.run(root)
     imp.rep.check()
     recs = fold_activations(imp.recs, imp.notes)
+    require_layers(recs, filename)
     net_name = imp.get(root, "name", "str", "") if root.last("name") else ""
     preamble = ([f"network {_net_name(net_name)}"] if net_name else []) + [
         "convention caffe", f"input {imp.input_name} {'x'.join(str(d) for d in imp.input_shape)}"]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..errors import ConvcError, Diagnostic, Pos
 from .common import (Act, ImportResult, Names, Rec, Reporter, activation_rec, fmt, fold_activations,
-                     render)
+                     render, require_layers, size_text)
 
 
 # ----------------------------------------------------------------------------- INI with positions
@@ -101,8 +101,16 @@ TYPE_KEYS = {
     "softmax": set(),
     "neuron": set(),
     "eltsum": {"coeffs"},
+    "eltmax": set(),
+    "concat": set(),
+    "pass": set(),
+    "dropout": set(),
+    "dropout2": set(),
+    "crop": {"channels", "startx", "starty", "sizex"},
 }
-PARAM_KEYS = {"dropout", "scale", "pow", "mindiv"}
+# layer-params.cfg keys: LRN scale/pow/minDiv, v1 dropout, cuda-convnet2's dropout enable/keep
+# and eltsum coeffs
+PARAM_KEYS = {"dropout", "scale", "pow", "mindiv", "enable", "keep", "coeffs"}
 
 # cuda-convnet neuron name -> (.conv activation kind, number of parameters)
 NEURONS = {"relu": ("relu", 0), "logistic": ("logistic", 0), "abs": ("abs", 0), "square": ("square", 0),
@@ -198,6 +206,9 @@ class CudaConvnetImporter:
             return self.data(layer)
         inputs = self.inputs(layer)
         recs = CONVERTERS[layer.type](self, layer, inputs)
+        if not recs:               # an alias (pass or concat of one input): the output is the input
+            self.out[layer.name] = inputs[0]
+            return
         recs += self.after(layer, recs[-1])
         self.recs += recs
         self.out[layer.name] = recs[-1].name
@@ -314,9 +325,51 @@ _WORDS[_bool] = "a boolean (0 or 1)"
 
 
 # ----------------------------------------------------------------------------- converters
+# conv/fc keys that cuda-convnet2 gives once per input (`filterSize=3,3`)
+PER_INPUT_KEYS = ("filters", "padding", "stride", "filtersize", "groups", "filterchannels", "channels")
+
+
+def join_inputs(imp: CudaConvnetImporter, layer: CLayer, inputs) -> tuple[list[Rec], list[int]]:
+    """A conv or fc with several inputs sums one product per input: Σ W_i·x_i = W·concat(x_i),
+    with W the per-input weights stacked in input order. So the inputs are joined by a
+    `concat` NAME_inputs first, and the per-input keys (which must agree) become one.
+    Returns the concat record and each input's size (channels for conv, values for fc)."""
+    shapes = [imp.shape[i] for i in inputs]
+    if len({s[1:] for s in shapes}) > 1:
+        imp.fail(layer, f"inputs of different height or width {[f'{s[1]}x{s[2]}' for s in shapes]}: "
+                        ".conv can only join inputs of one size", imp.pos(layer, "inputs"))
+    for key in PER_INPUT_KEYS:
+        o = layer.sec.get(key)
+        if o is None:
+            continue
+        values = [v.strip() for v in o.value.split(",")]
+        if len(values) not in (1, len(inputs)):
+            imp.fail(layer, f"{o.key} has {len(values)} values for {len(inputs)} inputs", o.value_pos)
+        if key == "channels":
+            for name, value, shape in zip(inputs, values * len(inputs), shapes):
+                if value != str(shape[0]):
+                    imp.fail(layer, f"channels={value} for input '{name}', which has {shape[0]}", o.value_pos)
+            o.value = str(sum(s[0] for s in shapes))
+        elif len(set(values)) > 1:
+            imp.fail(layer, f"{o.key}={o.value} differs between inputs: .conv applies one geometry to the "
+                            "joined inputs", o.value_pos)
+        else:
+            o.value = values[0]
+    if imp.opt(layer, "groups", int, 1) != 1:
+        imp.fail(layer, "groups with several inputs: the groups of the joined input differ", imp.pos(layer, "groups"))
+    rec = Rec("concat", imp.names.new(f"{layer.name}_inputs"), list(inputs), origin=layer.name)
+    imp.shape[rec.name] = (sum(s[0] for s in shapes), *shapes[0][1:])
+    imp.notes.append(f"layer '{layer.name}' ({layer.type}) sums one product per input: it reads their "
+                     f"concatenation '{rec.name}', with the per-input weights stacked")
+    return [rec], [s[0] if layer.type == "conv" else math.prod(s) for s in shapes]
+
+
 def conv_or_local(imp: CudaConvnetImporter, layer: CLayer, inputs) -> list[Rec]:
     local = layer.type == "local"
-    src = imp.one_input(layer, inputs, "cuda-convnet sums the convolutions of all inputs, .conv cannot")
+    joined, parts = join_inputs(imp, layer, inputs) if len(inputs) > 1 and not local else ([], None)
+    if joined:
+        inputs = [joined[0].name]
+    src = imp.one_input(layer, inputs, "cuda-convnet sums the products of all inputs, .conv cannot for local")
     c, h, w = imp.image(layer, src)
     for key in ("randSparse",):
         if imp.opt(layer, key, _bool, False):
@@ -349,8 +402,9 @@ def conv_or_local(imp: CudaConvnetImporter, layer: CLayer, inputs) -> list[Rec]:
                          f"= filters={filters} in .conv")
     rec = imp.new(layer, layer.type, [src], (filters, out, out_w), keys=keys)
     rec.weights = {"op": "cuda-convnet", "kind": layer.type, "layer": rec.name, "src": layer.name,
-                   "channels": c // groups, "size": size, "filters": filters, "out": (out, out_w)}
-    return _with_neuron(imp, layer, rec)
+                   "channels": c // groups, "size": size, "filters": filters, "out": (out, out_w),
+                   "parts": [p * size * size for p in parts] if parts else None}
+    return joined + _with_neuron(imp, layer, rec)
 
 
 def _with_neuron(imp: CudaConvnetImporter, layer: CLayer, rec: Rec) -> list[Rec]:
@@ -403,14 +457,15 @@ def norm(imp: CudaConvnetImporter, layer: CLayer, inputs) -> list[Rec]:
 
 
 def fc(imp: CudaConvnetImporter, layer: CLayer, inputs) -> list[Rec]:
-    src = imp.one_input(layer, inputs, "cuda-convnet sums W_i·x_i over all inputs, .conv cannot")
+    joined, parts = join_inputs(imp, layer, inputs) if len(inputs) > 1 else ([], None)
+    src = joined[0].name if joined else inputs[0]
     if imp.opt(layer, "weightSource", str, ""):
         imp.report(layer, "weightSource (weights shared with another layer)", imp.pos(layer, "weightSource"))
     outputs = imp.opt(layer, "outputs", int, required=True)
     rec = imp.new(layer, "fc", [src], (outputs, 1, 1), keys={"outputs": outputs})
     rec.weights = {"op": "cuda-convnet", "kind": "fc", "layer": rec.name, "src": layer.name,
-                   "inputs": math.prod(imp.shape[src]), "outputs": outputs}
-    return _with_neuron(imp, layer, rec)
+                   "inputs": math.prod(imp.shape[src]), "outputs": outputs, "parts": parts}
+    return joined + _with_neuron(imp, layer, rec)
 
 
 def softmax(imp: CudaConvnetImporter, layer: CLayer, inputs) -> list[Rec]:
@@ -429,21 +484,85 @@ def neuron_layer(imp: CudaConvnetImporter, layer: CLayer, inputs) -> list[Rec]:
 
 
 def eltsum(imp: CudaConvnetImporter, layer: CLayer, inputs) -> list[Rec]:
-    o = layer.sec.get("coeffs")
+    """Σ coeffs_i·x_i; coeffs in layers.cfg (cuda-convnet) or layer-params.cfg (cuda-convnet2)."""
+    o = layer.sec.get("coeffs") or (layer.params.get("coeffs") if layer.params else None)
+    keys = {}
     if o is not None:
         try:
             coeffs = [float(v) for v in o.value.split(",")]
         except ValueError:
             imp.fail(layer, "coeffs must be numbers separated by ','", o.value_pos)
+        if len(coeffs) != len(inputs):
+            imp.fail(layer, f"{len(coeffs)} coeffs for {len(inputs)} inputs", o.value_pos)
         if any(c != 1.0 for c in coeffs):
-            imp.report(layer, f"coeffs={o.value}: convc's add has coefficients 1", o.value_pos)
+            keys["coeff"] = "[" + ",".join(fmt(c) for c in coeffs) + "]"
     if len(inputs) < 2:
         imp.fail(layer, "an elementwise sum of one input", imp.pos(layer, "inputs"))
-    return [imp.new(layer, "add", inputs, imp.shape[inputs[0]])]
+    _same_shapes(imp, layer, inputs)
+    return [imp.new(layer, "add", inputs, imp.shape[inputs[0]], keys=keys)]
+
+
+def _same_shapes(imp: CudaConvnetImporter, layer: CLayer, inputs) -> None:
+    shapes = {imp.shape[i] for i in inputs}
+    if len(shapes) > 1:
+        imp.fail(layer, f"inputs of different shapes {sorted(shapes)}", imp.pos(layer, "inputs"))
+
+
+def eltmax(imp: CudaConvnetImporter, layer: CLayer, inputs) -> list[Rec]:
+    if len(inputs) < 2:
+        imp.fail(layer, "an elementwise max needs at least 2 inputs", imp.pos(layer, "inputs"))
+    _same_shapes(imp, layer, inputs)
+    return [imp.new(layer, "max", inputs, imp.shape[inputs[0]])]
+
+
+def concat(imp: CudaConvnetImporter, layer: CLayer, inputs) -> list[Rec]:
+    """concat (and pass, its in-place twin): the outputs one after another, which is a channel
+    concatenation when the inputs share H and W."""
+    if len({imp.shape[i][1:] for i in inputs}) > 1:
+        imp.fail(layer, "inputs of different height or width: cuda-convnet joins the flat outputs, "
+                        ".conv joins channels", imp.pos(layer, "inputs"))
+    if len(inputs) == 1:
+        imp.notes.append(f"layer '{layer.name}' ({layer.type} of one input) is the identity; removed")
+        return []
+    c = sum(imp.shape[i][0] for i in inputs)
+    return [imp.new(layer, "concat", inputs, (c, *imp.shape[inputs[0]][1:]))]
+
+
+def dropout(imp: CudaConvnetImporter, layer: CLayer, inputs) -> list[Rec]:
+    """cuda-convnet2: dropout is the identity at test time; dropout2 scales by `keep` at test
+    time (whether or not `enable` is set: layer.cu Dropout2Layer::fpropActs)."""
+    src = imp.one_input(layer, inputs, "a dropout layer has one input")
+    keep = imp.param(layer, "keep", 0.5)
+    if not 0 < keep <= 1:
+        imp.fail(layer, f"keep={fmt(keep)} must lie in (0, 1]", layer.params.get("keep").value_pos)
+    if layer.type == "dropout":
+        return [imp.new(layer, "dropout", [src], imp.shape[src], keys={"ratio": 1 - keep})]
+    rec = activation_rec(imp.names.new(layer.name), Act("linear", (keep, 0.0)), src, f"'{layer.name}' (dropout2)")
+    imp.shape[rec.name] = imp.shape[src]
+    imp.notes.append(f"layer '{layer.name}' (dropout2) scales by keep={fmt(keep)} at test time: linear[{fmt(keep)},0]")
+    return [rec]
+
+
+def crop(imp: CudaConvnetImporter, layer: CLayer, inputs) -> list[Rec]:
+    """cuda-convnet2's crop: the sizeX x sizeX window at (startY, startX)."""
+    src = imp.one_input(layer, inputs, "a crop layer has one input")
+    c, h, w = imp.image(layer, src)
+    size = imp.opt(layer, "sizeX", int, required=True)
+    x0 = imp.opt(layer, "startX", int, required=True)
+    y0 = imp.opt(layer, "startY", int, x0)
+    if max(x0, y0) + size > min(h, w):
+        imp.fail(layer, f"the {size}x{size} window at ({y0}, {x0}) does not fit the {h}x{w} input",
+                 imp.pos(layer, "sizeX"))
+    keys = {"size": size}
+    if (x0, y0) != (0, 0):
+        keys["offset"] = size_text(y0, x0)
+    return [imp.new(layer, "crop", [src], (c, size, size), keys=keys)]
 
 
 CONVERTERS = {"data": None, "conv": conv_or_local, "local": conv_or_local, "pool": pool, "rnorm": norm,
-              "cmrnorm": norm, "fc": fc, "softmax": softmax, "neuron": neuron_layer, "eltsum": eltsum}
+              "cmrnorm": norm, "fc": fc, "softmax": softmax, "neuron": neuron_layer, "eltsum": eltsum,
+              "eltmax": eltmax, "concat": concat, "pass": concat, "dropout": dropout, "dropout2": dropout,
+              "crop": crop}
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -476,6 +595,7 @@ def import_cuda_convnet(layers_path, params_path=None, input_shape=(3, 32, 32),
     rep.check(*([prep] if prep else []))
     notes = imp.notes
     recs = fold_activations(imp.recs, notes)
+    require_layers(recs, str(layers_path))
     net = re.sub(r"[^A-Za-z0-9_]", "_", re.sub(r"^layers[-_.]", "", Path(str(layers_path)).stem)) or "net"
     preamble = [f"network {net if re.match(r'[A-Za-z_]', net) else 'net_' + net}", "convention cuda-convnet",
                 f"input {imp.input_name} {'x'.join(map(str, shape))}"]

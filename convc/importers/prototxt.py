@@ -14,7 +14,7 @@ from pathlib import Path
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from ..errors import ConvcError, Pos, Source
+from ..errors import BOM, ConvcError, Diagnostic, Pos, Source
 
 
 @dataclass
@@ -116,6 +116,10 @@ def _field_name(tree: Tree) -> tuple[str, Pos]:
     return (name if tree.data == "field_name" else f"[{name}]"), _tok_pos(toks[0])
 
 
+MAX_DEPTH = 100               # messages inside messages; Caffe's own files nest 3 or 4 deep
+MAX_CHARS = 256 * 2**20       # characters in one file (memory is linear: ~4 bytes per character)
+
+
 def _value(tree: Tree):
     if tree.data == "message":
         return _message(tree.children, Pos(tree.meta.line, tree.meta.column, 1) if not tree.meta.empty else Pos())
@@ -132,9 +136,41 @@ def _message(children, pos: Pos) -> Message:
     return msg
 
 
+# What can hold a brace that is not one (strings, comments), and the braces themselves.
+_BRACES = re.compile(r'"[^"\\\n]*(?:\\.[^"\\\n]*)*"|\'[^\'\\\n]*(?:\\.[^\'\\\n]*)*\'|#[^\n]*|[{<]|[}>]')
+
+
+def _check_depth(text: str, source: Source) -> None:
+    """Refuse nesting deeper than MAX_DEPTH before the parser builds (and recurses on) it."""
+    depth = 0
+    for found in _BRACES.finditer(text):
+        token = found.group()
+        if token in "{<":
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = text.count("\n", 0, found.start()) + 1
+                col = found.start() - (text.rfind("\n", 0, found.start()) + 1) + 1
+                raise source.error(f"messages nest more than {MAX_DEPTH} deep here", Pos(line, col, 1),
+                                   "no Caffe network nests this deep; is the file damaged?")
+        elif token in "}>":
+            depth = max(0, depth - 1)
+
+
 def parse(text: str, filename: str = "<input>") -> Message:
-    """Parse protobuf text; a syntax error becomes a ConvcError with line, column and caret."""
+    """Parse protobuf text; a syntax error becomes a ConvcError with line, column and caret.
+
+    Bounded work: at most MAX_CHARS characters and MAX_DEPTH nested messages, each an error
+    past the limit. Only \\n, \\r\\n and \\r end a line (as the diagnostics count them)."""
+    if len(text) > MAX_CHARS:
+        raise ConvcError(Diagnostic(f"the file has {len(text):,} characters; convc reads prototxt files of at "
+                                    f"most {MAX_CHARS:,}", filename=filename,
+                                    help="a network definition is small: is this a weights file (.caffemodel)?"))
+    if text.startswith(BOM):
+        text = text[len(BOM):]
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")     # Lark counts lines by \\n
     source = Source(text, filename)
+    _check_depth(text, source)
     try:
         tree = _lark().parse(text)
     except UnexpectedInput as err:

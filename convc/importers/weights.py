@@ -6,7 +6,8 @@ convc's layouts (docs/import.md has the table):
 
   Caffe           NAME/0, NAME/1 (or NAME_w, NAME_b)   same layouts as convc; InnerProduct with
                   transpose: true is stored (in, out); BatchNorm NAME/0..2 = mean·s, var·s, s
-                  (s the moving-average factor) and the following Scale S/0, S/1 = scale, shift
+                  (s the moving-average factor) and the following Scale S/0, S/1 = scale, shift;
+                  PReLU NAME/0 = slope; a Scale of its own NAME/0, NAME/1 = scale, shift
   cuda-convnet    NAME/weights, NAME/biases (or NAME_w, NAME_b)
                   conv  (C/G·K·K, F) rows in (channel, y, x) order    -> (F, C/G, K, K)
                   local (H'·W'·C/G·K·K, F) rows (module, c, y, x)      -> (F, H', W', C/G, K, K)
@@ -29,8 +30,8 @@ from ..params import bilinear_kernel as bilinear
 class _Arrays:
     """The user's arrays, remembering which were used and what was missing or wrong."""
 
-    def __init__(self, arrays: dict, filename: str):
-        self.arrays, self.filename = dict(arrays), filename
+    def __init__(self, arrays: dict, filename: str, caffemodel: bool = False):
+        self.arrays, self.filename, self.caffemodel = dict(arrays), filename, caffemodel
         self.used: set[str] = set()
         self.problems: list[Diagnostic] = []
 
@@ -39,7 +40,11 @@ class _Arrays:
             if key in self.arrays:
                 self.used.add(key)
                 return key, np.asarray(self.arrays[key])
-        if required:
+        if required and self.caffemodel:
+            layer, index = candidates[0].rsplit("/", 1)
+            self.problem(f"no blob for {what}", f"the .caffemodel has no blob {index} in a layer named '{layer}': "
+                                                "is it the model of this prototxt?")
+        elif required:
             self.problem(f"no array for {what}", f"name it {' or '.join(repr(c) for c in candidates)}")
         return None, None
 
@@ -53,7 +58,8 @@ class _Arrays:
             return arr
         if _squeeze(arr.shape) == _squeeze(shape):
             return arr.reshape(shape)
-        self.problem(f"array '{key}' ({what}) has shape {arr.shape}, expected {shape}")
+        self.problem(f"{'blob' if self.caffemodel else 'array'} '{key}' ({what}) has shape {arr.shape}, "
+                     f"expected {shape}")
         return None
 
 
@@ -144,10 +150,51 @@ def caffe_batchnorm(a: _Arrays, e: dict, expected: dict) -> dict:
     return out
 
 
+def caffe_prelu(a: _Arrays, e: dict, expected: dict) -> dict:
+    layer, src = e["layer"], e["src"]
+    native = _native(a, layer, ["slope"], expected)
+    if native is not None:
+        return native
+    key, slope = a.find(_caffe_names(src, 0, "w"), f"the slopes of '{src}'")
+    slope = a.shaped(key, slope, expected[f"{layer}.slope"], f"slopes of '{src}'") if slope is not None else None
+    return {} if slope is None else {f"{layer}.slope": slope}
+
+
+def caffe_scale(a: _Arrays, e: dict, expected: dict) -> dict:
+    layer, src = e["layer"], e["src"]
+    native = _native(a, layer, ["scale", "shift"], expected)
+    if native is not None:
+        return native
+    out = {}
+    for index, alias, suffix in ((0, "w", "scale"), (1, "b", "shift")):
+        if f"{layer}.{suffix}" not in expected:
+            continue
+        key, v = a.find(_caffe_names(src, index, alias), f"the {suffix} of '{src}'")
+        v = a.shaped(key, v, expected[f"{layer}.{suffix}"], f"{suffix} of '{src}'") if v is not None else None
+        if v is not None:
+            out[f"{layer}.{suffix}"] = v
+    return out
+
+
 # ----------------------------------------------------------------------------- cuda-convnet
 def _ccn_names(src: str, what: str) -> list[str]:
     alias = {"weights": ["w", "0"], "biases": ["b", "1"]}[what]
     return [f"{src}/{what}", f"{src}_{alias[0]}", f"{src}/{alias[1]}"]
+
+
+def _ccn_weights(a: _Arrays, e: dict, rows: int, f: int):
+    """The (rows, F) weight matrix. A layer with several inputs (cuda-convnet2) has one matrix
+    per input, `L/weights/i` (or `L_w{i}`); stacked in input order they are the matrix of the
+    concatenated input, which is how the import reads such a layer."""
+    src, parts = e["src"], e.get("parts")
+    if not parts:
+        key, w = a.find(_ccn_names(src, "weights"), f"the weights of '{src}'")
+        return a.shaped(key, w, (rows, f), f"weights of '{src}'") if w is not None else None
+    blocks = []
+    for i, part_rows in enumerate(parts):
+        key, w = a.find([f"{src}/weights/{i}", f"{src}_w{i}"], f"the weights of '{src}' for input {i}")
+        blocks.append(a.shaped(key, w, (part_rows, f), f"weights of '{src}' for input {i}") if w is not None else None)
+    return None if any(b is None for b in blocks) else np.concatenate(blocks, axis=0)
 
 
 def ccn_conv_local(a: _Arrays, e: dict, expected: dict) -> dict:
@@ -160,9 +207,7 @@ def ccn_conv_local(a: _Arrays, e: dict, expected: dict) -> dict:
     local = e["kind"] == "local"
     rows = (oh * ow if local else 1) * cg * k * k
     out = {}
-    key, w = a.find(_ccn_names(src, "weights"), f"the weights of '{src}'")
-    if w is not None:
-        w = a.shaped(key, w, (rows, f), f"weights of '{src}'")
+    w = _ccn_weights(a, e, rows, f)
     if w is not None:
         if local:
             out[f"{layer}.weight"] = w.reshape(oh, ow, cg, k, k, f).transpose(5, 0, 1, 2, 3, 4)
@@ -182,9 +227,7 @@ def ccn_fc(a: _Arrays, e: dict, expected: dict) -> dict:
     if native is not None:
         return native
     out = {}
-    key, w = a.find(_ccn_names(src, "weights"), f"the weights of '{src}'")
-    if w is not None:
-        w = a.shaped(key, w, (e["inputs"], e["outputs"]), f"weights of '{src}'")
+    w = _ccn_weights(a, e, e["inputs"], e["outputs"])
     if w is not None:
         out[f"{layer}.weight"] = w.T
     key, b = a.find(_ccn_names(src, "biases"), f"the biases of '{src}'")
@@ -197,23 +240,21 @@ def ccn_fc(a: _Arrays, e: dict, expected: dict) -> dict:
 
 CONVERTERS = {
     ("caffe", "conv"): caffe_conv_fc, ("caffe", "deconv"): caffe_conv_fc, ("caffe", "fc"): caffe_conv_fc,
-    ("caffe", "batchnorm"): caffe_batchnorm,
+    ("caffe", "batchnorm"): caffe_batchnorm, ("caffe", "prelu"): caffe_prelu, ("caffe", "scale"): caffe_scale,
     ("cuda-convnet", "conv"): ccn_conv_local, ("cuda-convnet", "local"): ccn_conv_local,
     ("cuda-convnet", "fc"): ccn_fc,
 }
 
 
-
-
-
 # ----------------------------------------------------------------------------- entry points
-def convert_weights(result, arrays: dict, filename: str = "<params>", notes: list | None = None) -> dict:
+def convert_weights(result, arrays: dict, filename: str = "<params>", notes: list | None = None,
+                    caffemodel: bool = False) -> dict:
     """Map a framework's saved arrays to convc's params for `result` (an ImportResult).
 
     Raises ConvcError listing every missing or mis-shaped array; arrays that map to nothing
     are listed in `notes` (when given)."""
     expected = _expected_shapes(result.text)
-    a = _Arrays(arrays, filename)
+    a = _Arrays(arrays, filename, caffemodel)
     params: dict[str, np.ndarray] = {}
     for entry in result.plan:
         params.update(CONVERTERS[(entry["op"], entry["kind"])](a, entry, expected))
@@ -223,7 +264,8 @@ def convert_weights(result, arrays: dict, filename: str = "<params>", notes: lis
     if a.problems:
         raise ConvcError(a.problems)
     if notes is not None:
-        notes += [f"array '{k}' in {filename} maps to no layer; ignored" for k in a.arrays if k not in a.used]
+        what = "blob" if caffemodel else "array"
+        notes += [f"{what} '{k}' in {filename} maps to no layer; ignored" for k in a.arrays if k not in a.used]
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
 
 
@@ -253,3 +295,36 @@ def save_npz(path, params: dict) -> None:
         np.savez(path, **params)
     except OSError as err:
         raise ConvcError(Diagnostic(f"cannot write the params ({err.strerror})", filename=str(path))) from None
+
+
+# ----------------------------------------------------------------------------- the other way
+def _caffe_layer_blobs(e: dict, params: dict) -> dict[str, list[np.ndarray]]:
+    """convc params of one planned layer -> {Caffe layer name: [blob, ...]} as Caffe stores them."""
+    layer, src = e["layer"], e["src"]
+    get = lambda suffix: params.get(f"{layer}.{suffix}")          # noqa: E731
+    if e["kind"] in ("conv", "deconv", "fc"):
+        w = get("weight")
+        blobs = [w.T if e.get("transpose") else w]
+        return {src: blobs + ([get("bias")] if e.get("bias") else [])}
+    if e["kind"] == "batchnorm":
+        out = {src: [get("mean"), get("var"), np.ones(1, np.float32)]}
+        if e.get("scale_src"):
+            out[e["scale_src"]] = [get("scale")] + ([get("shift")] if e.get("scale_bias") else [])
+        return out
+    if e["kind"] == "prelu":
+        return {src: [get("slope")]}
+    if e["kind"] == "scale":
+        return {src: [get("scale")] + ([get("shift")] if e.get("bias") else [])}
+    raise ValueError(f"no Caffe layout for {e['kind']}")
+
+
+def caffe_blobs(result, params: dict) -> dict[str, list[np.ndarray]]:
+    """convc params of a network imported from Caffe -> its Caffe blobs per layer (for writing a
+    .caffemodel; the inverse of convert_weights). A batchnorm without a Scale after it must have
+    scale 1 and shift 0, as Caffe's BatchNorm has no such blobs."""
+    blobs: dict[str, list[np.ndarray]] = {}
+    for entry in result.plan:
+        if entry.get("fixed_bilinear"):
+            continue
+        blobs.update(_caffe_layer_blobs(entry, params))
+    return blobs

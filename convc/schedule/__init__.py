@@ -9,6 +9,7 @@ and the blocks' iteration kinds, never the layer names a user chose.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import tvm
@@ -74,8 +75,13 @@ def rules_for(target) -> list[Rule]:
 def default_schedule(func: tirx.PrimFunc, target) -> tuple[tirx.PrimFunc | None, str]:
     """The first rule's schedule of one kernel: (scheduled PrimFunc, rule name), or (None, "none")."""
     for rule in rules_for(target):
-        with target:
-            sch = rule.apply(func, target, False)
+        try:
+            with target:
+                sch = rule.apply(func, target, False)
+        except Exception as err:   # noqa: BLE001 - a rule that trips on a shape must not break the build
+            warnings.warn(f"default schedule rule {rule.name} failed ({str(err).splitlines()[0][:120]}); "
+                          "trying the next rule")
+            continue
         if isinstance(sch, list):
             sch = sch[0] if sch else None
         if sch is not None:
