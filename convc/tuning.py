@@ -421,7 +421,7 @@ def time_kernel(func, target, device, repeat=3) -> float:
 def default_trace(func, target):
     """(trace, scheduled PrimFunc, rule) of the default schedule, the trace only if replaying it on
     the kernel gives the same code (so it can be stored as a record and seed the search)."""
-    import tvm
+    import tvm_ffi
     from tvm import s_tir
     from .schedule import rules_for
     for rule in rules_for(target):
@@ -436,7 +436,7 @@ def default_trace(func, target):
         try:
             replay = s_tir.Schedule(func)
             trace.apply_to_schedule(replay, remove_postproc=False)
-            same = tvm.ir.structural_equal(replay.mod["main"], sch.mod["main"])
+            same = tvm_ffi.structural_equal(replay.mod["main"], sch.mod["main"])
         except Exception:     # noqa: BLE001 - a rule that rewrites outside the traced primitives
             same = False
         return (trace if same else None), scheduled, rule.name
@@ -916,8 +916,12 @@ def _judge(kernel, func, db, info, measure_here, verdicts, directory):
     schedule = _query_schedule(db, mod, info.target)
     if schedule is None:
         return
+    trace, scheduled, _ = default_trace(func, info.target)
+    if stored_default(trace) and _trace_key(record.trace) == _trace_key(trace):
+        kernel.keep, kernel.tuned = False, None       # the best record is the default itself
+        _write_verdict(kernel, key, previous, verdicts, directory)
+        return
     if measure_here:
-        _, scheduled, _ = default_trace(func, info.target)
         default = Timer(scheduled if scheduled is not None else func, info.target, info.device)
         tuned = Timer(schedule.mod["main"].without_attr("global_symbol"), info.target, info.device)
         rounds = [(default(), tuned()) for _ in range(3)]
@@ -926,6 +930,10 @@ def _judge(kernel, func, db, info, measure_here, verdicts, directory):
     else:
         kernel.tuned = float(np.median([float(s) for s in record.run_secs]))
     kernel.keep = kernel.default is None or kernel.tuned < KEEP_MARGIN * kernel.default
+    _write_verdict(kernel, key, previous, verdicts, directory)
+
+
+def _write_verdict(kernel, key, previous, verdicts, directory):
     verdicts[key] = {"kernel": kernel.name, "layers": kernel.layers, "default_s": kernel.default,
                      "rule": kernel.rule, "tuned_s": kernel.tuned, "keep": kernel.keep, "trials": kernel.trials,
                      "failures": kernel.failures + previous.get("failures", 0)}

@@ -59,8 +59,11 @@ def test_tune_writes_records_and_a_table(net, tuned):
     verdicts = json.loads((directory / tuning.VERDICTS).read_text())
     (verdict,) = verdicts.values()
     assert verdict["kernel"] == "c1" and verdict["trials"] == 4
-    assert verdict["default_s"] > 0 and verdict["tuned_s"] > 0
-    assert verdict["keep"] == (verdict["tuned_s"] < tuning.KEEP_MARGIN * verdict["default_s"])
+    assert verdict["default_s"] > 0
+    if verdict["tuned_s"] is None:          # the best record is the stored default itself
+        assert verdict["keep"] is False and _stored_defaults(net)
+    else:
+        assert verdict["keep"] == (verdict["tuned_s"] < tuning.KEEP_MARGIN * verdict["default_s"])
     table = result.table()
     assert "c1" in table and "default ms" in table and "speedup" in table
     assert json.loads((directory / "target.json").read_text())["target"].startswith("llvm-")
