@@ -1116,7 +1116,9 @@ def plot_history(directory: Path, output) -> Path:
         own = [r for r in rows if r["kernel"] == kernel and r["best_s"]]
         if own:
             ax.plot([r["trials"] for r in own], [r["best_s"] * 1e3 for r in own], label=kernel, lw=1)
-    network = [(i + 1, r["network_s"] * 1e3) for i, r in enumerate(rows) if r["network_s"] > 0]
+    # the estimate is complete once every default is measured: from the search's rows on
+    search = [r for r in rows if r.get("source", "search") != "default" and r["network_s"] > 0]
+    network = [(i + 1, r["network_s"] * 1e3) for i, r in enumerate(search)]
     ax2 = ax.twiny()
     if network:
         ax2.plot(*zip(*network), color="black", lw=2, label="network (estimate)")
