@@ -213,6 +213,7 @@ class BuildReport:
     untuned: list[str] = field(default_factory=list)
     rules: dict[str, str] = field(default_factory=dict)         # untuned kernel -> default rule name
     records: list[str] = field(default_factory=list)
+    hint: str | None = None        # what to do when this target has no records (tuning.no_records_hint)
     seconds: float = 0.0
 
     def describe(self, net) -> str:
@@ -227,7 +228,7 @@ class BuildReport:
             lines.append(f"tuned: {_n(len(self.tuned), 'kernel')}; untuned (default schedule): {len(self.untuned)}"
                          + (f" [{', '.join(self.untuned)}]" if self.untuned else ""))
         else:
-            lines.append("no tuning records: every kernel uses the default schedule (run `convc tune`)")
+            lines.append(self.hint or "no tuning records: every kernel uses the default schedule (run `convc tune`)")
         lines += [f"  {kernel:<24} {'tuned' if kernel in self.tuned else 'default ' + self.rules.get(kernel, 'none')}"
                   f"  ({', '.join(layers)})" for kernel, layers in self.kernels.items()]
         return "\n".join(lines)

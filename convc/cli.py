@@ -119,10 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="a .conv network")
     _add_target(p)
     _add_batch(p)
-    p.add_argument("--trials", type=int, default=200, help="total trials over all kernels (default: 200)")
+    p.add_argument("--trials", type=int, default=None, help="total trials over all kernels (default: 200)")
+    p.add_argument("--budget", default=None, metavar="TIME",
+                   help="tune for this long instead of a number of trials: 90s, 10m, 1h")
     p.add_argument("--per-kernel", type=int, default=None, metavar="M", help="at most M trials per kernel")
     p.add_argument("--records", "-o", "--output", default=None, metavar="DIR",
                    help="records directory, created or resumed (default: schedules/<target>/)")
+    p.add_argument("--seed-records", action="append", default=[], metavar="DIR",
+                   help="another CPU's records: their best schedules are measured here as starting candidates")
+    p.add_argument("--cost-model", default="auto", metavar="DIR|fresh",
+                   help="cost model to start from: a directory holding a saved one, or fresh "
+                        "(default: the one saved in the records directory, else fresh)")
     p.add_argument("--seed", type=int, default=0, help="seed of the search (default: 0)")
     p.add_argument("--rpc", metavar="HOST:PORT", help="measure on devices registered with this RPC tracker")
     p.add_argument("--key", default=None, help="device key on the RPC tracker")
