@@ -800,7 +800,8 @@ def tune(net, target: str = "llvm", trials: int | None = None, batch: int = 1, r
     verdicts = load_verdicts(directory)
     preload_tensor_intrin()
 
-    mod = relax_module(net, batch)
+    with info.target:     # the lowering depends on the target (max pooling's reducer on CUDA)
+        mod = relax_module(net, batch)
     layers_of, _ = kernel_layers(mod, net)
     fused = fuse(mod)
     funcs = prim_funcs(fused)
