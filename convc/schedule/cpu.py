@@ -27,7 +27,6 @@ def isa(target) -> ISA:
     """fp32 lanes and vector registers from the target's features (LLVM's view of -mcpu/-mattr)."""
     from tvm.target import codegen
     arch = str(target.attrs.get("mtriple", ""))
-    mcpu = str(target.attrs.get("mcpu", ""))
     attrs = [str(a) for a in target.attrs.get("mattr", [])]
     cores = int(target.attrs.get("num-cores", 1))
     if arch.startswith("aarch64") or arch.startswith("arm64"):
@@ -45,33 +44,22 @@ def isa(target) -> ISA:
 
 
 
-# ----------------------------------------------------------------------------- helpers
-def _block_names(sch) -> list[str]:
-    return [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
-
-
-def _spatial_block(sch, name: str, isa: ISA):
-    """A prologue/epilogue block on its own: outer loops parallel, innermost vectorised."""
-    loops = sch.get_loops(sch.get_sblock(name))
-    if len(loops) >= 3:
-        sch.parallel(sch.fuse(*loops[:2]))
-    elif len(loops) == 2:
-        sch.parallel(loops[0])
-    if loops and len(loops) >= 2:
-        sch.vectorize(loops[-1])
-
-
+# ----------------------------------------------------------------------------- conv helpers
 def _conv_epilogue(sch, main: str) -> list[str]:
-    """Inline the elementwise chain after `main` into its last block; the blocks left, in order."""
-    names = _block_names(sch)
-    after = names[names.index(main) + 1:]
-    for name in after[:-1]:
-        try:
-            sch.compute_inline(sch.get_sblock(name))
-        except Exception:   # noqa: BLE001 - not inlinable (several consumers): keep it
-            pass
-    names = _block_names(sch)
+    """The elementwise chain after `main` inlined into its last block (`_inline_epilogue`);
+    the names of the blocks left after `main`, in order."""
+    _inline_epilogue(sch, main)
+    names = [_name(sch, b) for b in _root_blocks(sch)]
     return names[names.index(main) + 1:]
+
+
+def _conv_prologue(sch, main: str, lanes: int, skip: str | None = None):
+    """The blocks before the conv's (decomposed) reduction, padding above all: each its own
+    parallel, vectorised pass (a bounds test inside the hot loop halves its speed)."""
+    names = [_name(sch, b) for b in _root_blocks(sch)]
+    for name in names[:names.index(main + "_init")]:
+        if name != skip:
+            parallel_vectorize(sch, sch.get_sblock(name), lanes)
 
 
 # ----------------------------------------------------------------------------- conv
@@ -182,14 +170,8 @@ class DirectConv(Rule):
         sch.parallel(outer)
         init = sch.decompose_reduction(conv, rc)
         sch.vectorize(sch.get_loops(init)[-1])
-        for name in _block_names(sch)[:_block_names(sch).index(kernel.main + "_init")]:
-            if name != weight_name(sch, weight):
-                _spatial_block(sch, name, target_isa)
+        _conv_prologue(sch, kernel.main, target_isa.lanes, skip=_name(sch, weight))
         return sch
-
-
-def weight_name(sch, block) -> str:
-    return sch.get(block).name_hint
 
 
 class ConvRows(Rule):
@@ -216,9 +198,7 @@ class ConvRows(Rule):
         sch.parallel(outer)
         init = sch.decompose_reduction(conv, rc)
         sch.vectorize(sch.get_loops(init)[-1])
-        names = _block_names(sch)
-        for name in names[:names.index(kernel.main + "_init")]:
-            _spatial_block(sch, name, isa(target))
+        _conv_prologue(sch, kernel.main, isa(target).lanes)
         return sch
 
 
