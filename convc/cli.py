@@ -136,8 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PNG", help="draw the tuning curve")
     p.set_defaults(run=_lazy("tuning", "cmd_tune"))
 
-    p = sub.add_parser("plot", help="draw the tuning curve of a records directory")
-    p.add_argument("records", help="records directory")
+    p = sub.add_parser("plot", help="draw the tuning curve of a records directory, or compare several")
+    p.add_argument("records", nargs="+", metavar="DIR",
+                   help="records directory; several: their network estimates side by side")
+    p.add_argument("--label", action="append", metavar="TEXT",
+                   help="name of the curve of each DIR, in order (default: the directory's name)")
     p.add_argument("-o", "--output", default="tuning.png")
     p.set_defaults(run=_lazy("tuning", "cmd_plot"))
 

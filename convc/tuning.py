@@ -242,6 +242,38 @@ def open_database(directory: Path, write: bool = True):
         return _load_json_database(copy, directory)
 
 
+def _mean_seconds(record_line: str) -> float | None:
+    """A record's mean run time; None for a failed or unmeasured one (MetaSchedule's IsValid)."""
+    secs = json.loads(record_line)[1][1]
+    if not secs or not all(0 <= s < 1e10 for s in secs):
+        return None
+    return sum(secs) / len(secs)
+
+
+def open_best_records(directory: Path, keys, per_workload: int = 1):
+    """Only the best `per_workload` records of the workloads hashed `keys`, loaded alone. A build
+    needs one record per kernel, and loading a whole directory parses every workload and trace
+    in it (seconds per build once a few networks are tuned); the files are not changed."""
+    directory = Path(directory)
+    workloads, records, _ = _checked_lines(directory)
+    keys = set(keys)
+    wanted = {i for i, line in enumerate(workloads) if json.loads(line)[0] in keys}
+    ranked: dict[int, list] = {}
+    for line in records:
+        index = json.loads(line)[0]
+        seconds = _mean_seconds(line) if index in wanted else None
+        if seconds is not None:
+            ranked.setdefault(index, []).append((seconds, line))
+    kept_workloads = sorted(ranked)
+    renumber = {old: new for new, old in enumerate(kept_workloads)}
+    best = [json.dumps([renumber[i], json.loads(line)[1]])
+            for i in kept_workloads for _, line in sorted(ranked[i], key=lambda r: r[0])[:per_workload]]
+    with tempfile.TemporaryDirectory(prefix="convc-records-") as copy:   # the database loads it all now
+        (Path(copy) / WORKLOADS).write_text("".join(workloads[i] + "\n" for i in kept_workloads))
+        (Path(copy) / RECORDS).write_text("".join(line + "\n" for line in best))
+        return _load_json_database(copy, directory)
+
+
 def load_verdicts(directory: Path) -> dict:
     """kernels.json: {kernel hash: verdict}. Missing: {}; unreadable: an error, never a silent {}
     (without verdicts, records measured as slower than the default would come back)."""
@@ -267,8 +299,24 @@ def load_verdicts(directory: Path) -> dict:
 
 
 def judged_against_default(verdict: dict) -> bool:
-    """Verdicts written before tuning started from the defaults compared against unscheduled loops."""
-    return "default_s" in verdict
+    """A verdict counts if it compared the record with the default schedule, both timed as a
+    build runs them (`deployed`). Older verdicts compared with unscheduled loops (no default_s),
+    or timed a default that re-lays weights out with that copy inside every call."""
+    return "default_s" in verdict and verdict.get("deployed") is True
+
+
+def deployer(fused):
+    """(kernel name, scheduled PrimFunc) -> the PrimFunc a build runs in that kernel's place.
+    A schedule that re-lays weights out (the CPU conv rules; MetaSchedule's RewriteLayout) has
+    that copy split into its own kernel, run once at build time for bound weights: timing the
+    kernel with the copy inside would charge every call with it (2x on AlexNet's conv3)."""
+    from .build import kernel_functions, split_weight_packing
+
+    def deploy(name, func):
+        mod = fused.clone()
+        mod[name] = func
+        return kernel_functions(split_weight_packing(mod, bound=False))[name]
+    return deploy
 
 
 def workload_key(func) -> tuple:
@@ -286,14 +334,20 @@ def apply_records(fused, info, records, batch, report):
     report.records = [str(d) for d in dirs]
     if not dirs and hasattr(report, "hint"):
         report.hint = no_records_hint(info)
-    sources = [(open_database(d, write=False), load_verdicts(d)) for d in dirs]
-    for name, func in prim_funcs(fused).items():
-        mod, key = workload_key(func)
+    keyed = {name: workload_key(func) for name, func in prim_funcs(fused).items()}
+    sources = []
+    for directory in dirs:
+        verdicts = load_verdicts(directory)
+        # a record counts only where it was measured against the default and beat it
+        kept = {key for _, key in keyed.values() if verdicts.get(key, {}).get("keep") is True
+                and judged_against_default(verdicts[key])}
+        if kept:
+            sources.append((open_best_records(directory, kept), kept))
+    for name, (mod, key) in keyed.items():
         tuned = None
-        for db, verdicts in sources:
-            verdict = verdicts.get(key, {})
-            if verdict.get("keep") is not True or not judged_against_default(verdict):
-                continue        # not measured against the default, or measured slower
+        for db, kept in sources:
+            if key not in kept:
+                continue
             schedule = _query_schedule(db, mod, info.target)
             if schedule is not None:
                 tuned = schedule.mod["main"].without_attr("global_symbol").with_attr("tirx.is_scheduled", True)
@@ -453,13 +507,13 @@ def _trace_key(trace) -> str:
     return json.dumps(trace.as_json(remove_postproc=False), sort_keys=True, default=str)
 
 
-def seed_records(db, seed_dirs, kernels, funcs, info, progress) -> int:
+def seed_records(db, seed_dirs, kernels, funcs, info, progress, deploy) -> int:
     """The best records of other CPUs' directories, replayed on each kernel here and measured
     here, go into the database as starting candidates; they are never applied unmeasured."""
     from tvm import s_tir
     count = 0
     for directory in seed_dirs:
-        source = open_database(directory, write=False)
+        source = open_best_records(directory, [workload_key(funcs[k.name])[1] for k in kernels], SEEDS_PER_KERNEL)
         for kernel in kernels:
             mod, _ = workload_key(funcs[kernel.name])
             if not source.has_workload(mod):
@@ -473,7 +527,8 @@ def seed_records(db, seed_dirs, kernels, funcs, info, progress) -> int:
                 try:
                     sch = s_tir.Schedule(mod)
                     record.trace.apply_to_schedule(sch, remove_postproc=False)
-                    seconds = time_kernel(sch.mod["main"].without_attr("global_symbol"), info.target, info.device)
+                    seconds = time_kernel(deploy(kernel.name, sch.mod["main"].without_attr("global_symbol")),
+                                          info.target, info.device)
                 except Exception:     # noqa: BLE001 - a schedule that does not fit this CPU: not a seed
                     continue
                 _commit(db, workload, record.trace, seconds, funcs[kernel.name], info.target)
@@ -805,6 +860,7 @@ def tune(net, target: str = "llvm", trials: int | None = None, batch: int = 1, r
     layers_of, _ = kernel_layers(mod, net)
     fused = fuse(mod)
     funcs = prim_funcs(fused)
+    deploy = deployer(fused)
     tasks = {t.task_name: t for t in ms.relax_integration.extract_tasks(fused, info.target)}
     measure_here = rpc is None
     db = open_database(directory)
@@ -826,9 +882,9 @@ def tune(net, target: str = "llvm", trials: int | None = None, batch: int = 1, r
             bar.phase("measuring the default schedules")
             for kernel in kernels:
                 if state["stop"] is None:
-                    _start_from_default(kernel, funcs[kernel.name], db, info, measure_here, bar)
+                    _start_from_default(kernel, funcs[kernel.name], db, info, measure_here, bar, deploy)
             if seed_dirs and state["stop"] is None:
-                result.seeds = seed_records_into(db, seed_dirs, kernels, funcs, info, bar)
+                result.seeds = seed_records_into(db, seed_dirs, kernels, funcs, info, bar, deploy)
             # the biggest share of the network's time first (ties: the scheduler's order)
             order = sorted(range(len(kernels)), key=lambda i: -(kernels[i].default or 0) * kernels[i].weight)
             kernels[:] = [kernels[i] for i in order]
@@ -843,7 +899,7 @@ def tune(net, target: str = "llvm", trials: int | None = None, batch: int = 1, r
     result.first_trial_s, result.first_search_s = state["first_trial_s"], state["first_search_s"]
     result.seconds = time.time() - started
     for kernel in kernels:
-        _judge(kernel, funcs[kernel.name], db, info, measure_here, verdicts, directory)
+        _judge(kernel, funcs[kernel.name], db, info, measure_here, verdicts, directory, deploy)
         if kernel.trials and kernel.failures == kernel.trials:
             print(f"error: every candidate for kernel {kernel.name} failed; first error:\n{kernel.first_error}",
                   file=sys.stderr)
@@ -852,19 +908,21 @@ def tune(net, target: str = "llvm", trials: int | None = None, batch: int = 1, r
     return result
 
 
-def seed_records_into(db, seed_dirs, kernels, funcs, info, bar) -> int:
+def seed_records_into(db, seed_dirs, kernels, funcs, info, bar, deploy) -> int:
     names = ", ".join(Path(d).name for d in seed_dirs)
     bar.phase(f"measuring seed records of {names}")
-    return seed_records(db, seed_dirs, kernels, funcs, info, bar)
+    return seed_records(db, seed_dirs, kernels, funcs, info, bar, deploy)
 
 
-def _start_from_default(kernel, func, db, info, measure_here, bar):
-    """Measure the kernel's default schedule and store it as a record: the search's first candidate."""
+def _start_from_default(kernel, func, db, info, measure_here, bar, deploy):
+    """Measure the kernel's default schedule, as a build runs it, and store it as a record: the
+    search's first candidate."""
     trace, scheduled, kernel.rule = default_trace(func, info.target)
     if not measure_here:
         return
     bar.phase(f"measuring the default schedule of {kernel.name}")
-    kernel.default = time_kernel(scheduled if scheduled is not None else func, info.target, info.device)
+    kernel.default = time_kernel(deploy(kernel.name, scheduled if scheduled is not None else func),
+                                 info.target, info.device)
     bar.measured(kernel, kernel.default, "default")
     if not stored_default(trace):
         return
@@ -900,9 +958,10 @@ def _search(ms, task_list, kernels, state, bar, db, runner, model, info, directo
                                _announcing_builder(builder, bar, state), runner, callbacks, db, model)
 
 
-def _judge(kernel, func, db, info, measure_here, verdicts, directory):
-    """Keep the best record only if it beats the default schedule, both measured here, in turns
-    (the best of three rounds each, so a burst of load on a shared machine hurts neither).
+def _judge(kernel, func, db, info, measure_here, verdicts, directory, deploy):
+    """Keep the best record only if it beats the default schedule, both measured here as a build
+    runs them (weight re-layouts split out), in turns (the best of three rounds each, so a burst
+    of load on a shared machine hurts neither).
     Kernels with no new trials keep a verdict already made against the default."""
     mod, key = workload_key(func)
     previous = verdicts.get(key, {})
@@ -923,8 +982,9 @@ def _judge(kernel, func, db, info, measure_here, verdicts, directory):
         _write_verdict(kernel, key, previous, verdicts, directory)
         return
     if measure_here:
-        default = Timer(scheduled if scheduled is not None else func, info.target, info.device)
-        tuned = Timer(schedule.mod["main"].without_attr("global_symbol"), info.target, info.device)
+        default = Timer(deploy(kernel.name, scheduled if scheduled is not None else func), info.target, info.device)
+        tuned = Timer(deploy(kernel.name, schedule.mod["main"].without_attr("global_symbol")), info.target,
+                      info.device)
         rounds = [(default(), tuned()) for _ in range(3)]
         kernel.default = min(d for d, _ in rounds)
         kernel.tuned = min(t for _, t in rounds)
@@ -935,7 +995,7 @@ def _judge(kernel, func, db, info, measure_here, verdicts, directory):
 
 
 def _write_verdict(kernel, key, previous, verdicts, directory):
-    verdicts[key] = {"kernel": kernel.name, "layers": kernel.layers, "default_s": kernel.default,
+    verdicts[key] = {"kernel": kernel.name, "layers": kernel.layers, "default_s": kernel.default, "deployed": True,
                      "rule": kernel.rule, "tuned_s": kernel.tuned, "keep": kernel.keep, "trials": kernel.trials,
                      "failures": kernel.failures + previous.get("failures", 0)}
     _atomic_write(directory / VERDICTS, json.dumps(verdicts, indent=1, sort_keys=True))
@@ -1129,6 +1189,52 @@ def plot_history(directory: Path, output) -> Path:
     ax.set_yscale("log")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
+    return _save_figure(fig, plt, output)
+
+
+def _search_curve(rows) -> tuple[list[float], list[int], list[float]]:
+    """Minutes since the first run started, total trials so far, and the network estimate (ms),
+    from the rows after the defaults (where the estimate is complete). A resumed directory's
+    later runs continue the clock where the earlier ones stopped."""
+    minutes, totals, estimates = [], [], []
+    trials, offset, last = {}, 0.0, 0.0
+    for row in rows:
+        elapsed = float(row.get("elapsed_s") or 0.0)
+        if elapsed + offset < last:           # a later run of the same directory
+            offset = last
+        last = elapsed + offset
+        trials[row["kernel"]] = row["trials"]
+        if row.get("source", "search") != "default" and row["network_s"] > 0:
+            minutes.append(last / 60)
+            totals.append(sum(trials.values()))
+            estimates.append(row["network_s"] * 1e3)
+    return minutes, totals, estimates
+
+
+def plot_comparison(directories, output, labels=None) -> Path:
+    """The network estimate of several tuning runs (one network each: with and without a cost
+    model, 10 against 30 minutes), against wall time and against trials, in one figure."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(labels or []) + [Path(d).name for d in directories][len(labels or []):]
+    curves = [_search_curve(read_history(Path(d))) for d in directories]
+    fig, (by_time, by_trials) = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for label, (minutes, totals, estimates) in zip(labels, curves):
+        by_time.step(minutes, estimates, where="post", label=label, lw=1.5)
+        by_trials.step(totals, estimates, where="post", label=label, lw=1.5)
+    by_time.set_xlabel("minutes of tuning")
+    by_trials.set_xlabel("trials (all kernels)")
+    by_time.set_ylabel("network estimate, best so far (ms)")
+    by_time.legend(fontsize=8)
+    for ax in (by_time, by_trials):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save_figure(fig, plt, output)
+
+
+def _save_figure(fig, plt, output) -> Path:
     try:
         fig.savefig(output, dpi=120)
     except OSError as err:
@@ -1152,5 +1258,10 @@ def cmd_tune(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    print(f"wrote {plot_history(Path(args.records), args.output)}")
+    if args.label and len(args.label) > len(args.records):
+        raise ConvcError(f"{len(args.label)} --label for {len(args.records)} records directories")
+    if len(args.records) == 1 and not args.label:
+        print(f"wrote {plot_history(Path(args.records[0]), args.output)}")
+    else:
+        print(f"wrote {plot_comparison(args.records, args.output, args.label)}")
     return 0

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import convc
@@ -246,13 +247,99 @@ def test_damaged_history_lines_are_skipped_by_plot(budgeted, tmp_path, capsys):
     assert "no readable tuning history" in capsys.readouterr().err
 
 
+def _keep_every_record(directory: Path):
+    verdicts = tuning.load_verdicts(directory)
+    for verdict in verdicts.values():
+        verdict.update(keep=True)
+    (directory / tuning.VERDICTS).write_text(json.dumps(verdicts))
+
+
 def test_a_workload_line_tvm_cannot_read_is_a_clear_error(net, budgeted, tmp_path, capsys):
     directory = tmp_path / "w"
     shutil.copytree(budgeted[0], directory)
-    with open(directory / tuning.WORKLOADS, "a") as f:
-        f.write('["123", "AAAA"]\n')          # the shape of a workload line, not a kernel TVM can load
+    _keep_every_record(directory)
+    # the kernel's own workload keeps its hash but is not a kernel TVM can load
+    lines = (directory / tuning.WORKLOADS).read_text().splitlines()
+    (directory / tuning.WORKLOADS).write_text("".join(json.dumps([json.loads(line)[0], "AAAA"]) + "\n"
+                                                      for line in lines))
     with pytest.raises(convc.ConvcError, match="the tuning records do not load"):
         convc.compile(net, "llvm", records=directory)
+    with pytest.raises(convc.ConvcError, match="the tuning records do not load"):
+        convc.tune(net, "llvm", trials=1, records=directory, progress=False)
     assert main(["build", _conv_file(tmp_path), "-o", str(tmp_path / "m.so"), "--records", str(directory)]) == 2
     err = capsys.readouterr().err
     assert "the tuning records do not load" in err and "Traceback" not in err
+
+
+def test_a_build_loads_only_the_best_record_of_its_own_kernels(net, budgeted, tmp_path):
+    directory = tmp_path / "mixed"
+    shutil.copytree(budgeted[0], directory)
+    _keep_every_record(directory)
+    # another kernel's unreadable workload: a build of this network never parses it
+    with open(directory / tuning.WORKLOADS, "a") as f:
+        f.write('["123", "AAAA"]\n')
+    ((key, verdict),) = tuning.load_verdicts(directory).items()
+    full = tuning.open_database(budgeted[0], write=False)
+    best = tuning.open_best_records(directory, [key])
+    assert len(full) >= 4 and len(best) == 1
+    funcs = convc.build.prim_funcs(convc.build.fuse(convc.build.relax_module(net, 1)))
+    mod, _ = tuning.workload_key(funcs[verdict["kernel"]])
+    (top,) = full.get_top_k(full.commit_workload(mod), 1)
+    (only,) = best.get_top_k(best.commit_workload(mod), 1)
+    assert str(only.trace) == str(top.trace)
+    assert [float(s) for s in only.run_secs] == [float(s) for s in top.run_secs]
+    valid = len(full.get_top_k(full.commit_workload(mod), 100))     # failed candidates are not records to use
+    assert len(tuning.open_best_records(directory, [key], per_workload=3)) == min(3, valid)
+    assert len(tuning.open_best_records(directory, ["0"])) == 0
+    m = convc.compile(net, "llvm", records=directory)
+    assert m.report.tuned == ["c1"]
+
+
+def test_plot_compares_runs_side_by_side(budgeted, tmp_path, capsys):
+    out = tmp_path / "both.png"
+    assert main(["plot", str(budgeted[0]), str(budgeted[0]), "--label", "one", "--label", "two",
+                 "-o", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert main(["plot", str(budgeted[0]), "--label", "a", "--label", "b", "-o", str(out)]) == 2
+    assert "2 --label for 1 records directories" in capsys.readouterr().err
+
+
+def test_the_search_curve_continues_the_clock_of_a_resumed_run():
+    def row(kernel, trials, elapsed, network_ms, source="search"):
+        return {"kernel": kernel, "trials": trials, "elapsed_s": elapsed, "network_s": network_ms / 1e3,
+                "best_s": None, "source": source}
+    rows = [row("a", 0, 1, 9, "default"), row("b", 0, 2, 8, "default"), row("a", 16, 30, 6),
+            row("b", 16, 60, 5),
+            row("a", 16, 3, 5, "default"), row("b", 16, 4, 5, "default"), row("a", 32, 30, 4)]  # resumed
+    minutes, totals, estimates = tuning._search_curve(rows)
+    assert totals == [16, 32, 48]
+    assert estimates == pytest.approx([6, 5, 4])
+    assert minutes == pytest.approx([0.5, 1.0, 1.5])
+
+
+def test_the_default_is_timed_as_a_build_runs_it_without_its_weight_relayout():
+    """A conv default re-lays its weights out (OIHW -> OIHW16o); a build folds that copy, so a
+    verdict must not charge every call with it."""
+    net16 = convc.parse(TINY.replace("filters=8", "filters=32"), "tiny32.conv")
+    info = convc.build.make_target("llvm")
+    fused = convc.build.fuse(convc.build.relax_module(net16, 1))
+    (name, func), = convc.build.prim_funcs(fused).items()
+    _, scheduled, rule = tuning.default_trace(func, info.target)
+    assert rule == "direct_conv"
+    deployed = tuning.deployer(fused)(name, scheduled)
+    shapes = lambda f: [tuple(int(d) for d in p.ty.shape) for p in f.params]
+    assert shapes(scheduled)[1] == (32, 8, 3, 3)
+    assert len(shapes(deployed)[1]) == 5 and np.prod(shapes(deployed)[1]) == 32 * 8 * 9
+    assert "layout_rewrite_preproc" in scheduled.script() and "layout_rewrite_preproc" not in deployed.script()
+
+
+def test_verdicts_not_timed_as_deployed_are_not_used(net, budgeted, tmp_path):
+    directory = tmp_path / "old"
+    shutil.copytree(budgeted[0], directory)
+    _keep_every_record(directory)
+    assert convc.compile(net, "llvm", records=directory).report.tuned == ["c1"]
+    verdicts = tuning.load_verdicts(directory)
+    for verdict in verdicts.values():
+        del verdict["deployed"]
+    (directory / tuning.VERDICTS).write_text(json.dumps(verdicts))
+    assert convc.compile(net, "llvm", records=directory).report.tuned == []
