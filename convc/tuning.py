@@ -595,7 +595,7 @@ class TuneResult:
         if self.first_trial_s is not None:
             lines.append(f"first measured candidate after {self.first_trial_s:.1f} s"
                          + (f", first of the search after {self.first_search_s:.1f} s" if self.first_search_s else "")
-                         + (f"; {self.seeds} seed records from other CPUs measured" if self.seeds else ""))
+                         + (f"; {self.seeds} seed records of other record sets measured here" if self.seeds else ""))
         lines.append(f"records: {self.records}")
         return "\n".join(lines)
 
