@@ -426,7 +426,15 @@ def _which(name):
     return shutil.which(name)
 
 
-def make_runner(info, rpc: str | None, key: str | None):
+def candidate_timeout(kernels) -> float:
+    """Seconds a candidate may run before it counts as failed: a random schedule can be thousands
+    of times slower than the default, and a fixed 60 s let one round of a 0.5 ms kernel take 4
+    minutes. 10 s, or more where the defaults themselves are slow."""
+    slowest = max((k.default or 0.0 for k in kernels), default=0.0)
+    return float(min(60.0, max(10.0, 200 * slowest)))
+
+
+def make_runner(info, rpc: str | None, key: str | None, timeout: float = 60.0):
     from tvm.s_tir import meta_schedule as ms
     config = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20, enable_cpu_cache_flush=False)
     if rpc:
@@ -442,7 +450,7 @@ def make_runner(info, rpc: str | None, key: str | None):
     if info.kind == "cuda" and not tvm.cuda().exist:
         raise ConvcError("tuning for cuda needs a GPU to measure on: run convc tune on a GPU machine, or "
                          "measure remotely with --rpc HOST:PORT --key KEY (TVM's RPC tracker)")
-    return ms.runner.LocalRunner(evaluator_config=config, timeout_sec=60)
+    return ms.runner.LocalRunner(evaluator_config=config, timeout_sec=timeout)
 
 
 # ----------------------------------------------------------------------------- timing one kernel
@@ -888,6 +896,8 @@ def tune(net, target: str = "llvm", trials: int | None = None, batch: int = 1, r
             # the biggest share of the network's time first (ties: the scheduler's order)
             order = sorted(range(len(kernels)), key=lambda i: -(kernels[i].default or 0) * kernels[i].weight)
             kernels[:] = [kernels[i] for i in order]
+            if measure_here:
+                runner = make_runner(info, rpc, key, candidate_timeout(kernels))
             if state["stop"] is None:
                 _search(ms, [tasks[k.name] for k in kernels], kernels, state, bar, db, runner, model, info,
                         directory, trials, per_kernel, per_iter, seed, population)

@@ -343,3 +343,12 @@ def test_verdicts_not_timed_as_deployed_are_not_used(net, budgeted, tmp_path):
         del verdict["deployed"]
     (directory / tuning.VERDICTS).write_text(json.dumps(verdicts))
     assert convc.compile(net, "llvm", records=directory).report.tuned == []
+
+
+def test_a_candidate_may_run_at_most_200_times_the_slowest_default_between_10_and_60_s():
+    def kernels(*defaults):
+        return [tuning.KernelResult(f"k{i}", [], 1, d, None) for i, d in enumerate(defaults)]
+    assert tuning.candidate_timeout(kernels(0.0005, 0.0017)) == 10.0
+    assert tuning.candidate_timeout(kernels(0.1, None)) == pytest.approx(20.0)
+    assert tuning.candidate_timeout(kernels(2.0)) == 60.0
+    assert tuning.candidate_timeout(kernels(None)) == 10.0
