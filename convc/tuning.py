@@ -242,9 +242,9 @@ def open_database(directory: Path, write: bool = True):
         return _load_json_database(copy, directory)
 
 
-def _mean_seconds(record_line: str) -> float | None:
+def _mean_seconds(body) -> float | None:
     """A record's mean run time; None for a failed or unmeasured one (MetaSchedule's IsValid)."""
-    secs = json.loads(record_line)[1][1]
+    secs = body[1]
     if not secs or not all(0 <= s < 1e10 for s in secs):
         return None
     return sum(secs) / len(secs)
@@ -260,14 +260,13 @@ def open_best_records(directory: Path, keys, per_workload: int = 1):
     wanted = {i for i, line in enumerate(workloads) if json.loads(line)[0] in keys}
     ranked: dict[int, list] = {}
     for line in records:
-        index = json.loads(line)[0]
-        seconds = _mean_seconds(line) if index in wanted else None
+        index, body = json.loads(line)
+        seconds = _mean_seconds(body) if index in wanted else None
         if seconds is not None:
-            ranked.setdefault(index, []).append((seconds, line))
+            ranked.setdefault(index, []).append((seconds, body))
     kept_workloads = sorted(ranked)
-    renumber = {old: new for new, old in enumerate(kept_workloads)}
-    best = [json.dumps([renumber[i], json.loads(line)[1]])
-            for i in kept_workloads for _, line in sorted(ranked[i], key=lambda r: r[0])[:per_workload]]
+    best = [json.dumps([new, body]) for new, old in enumerate(kept_workloads)
+            for _, body in sorted(ranked[old], key=lambda r: r[0])[:per_workload]]
     with tempfile.TemporaryDirectory(prefix="convc-records-") as copy:   # the database loads it all now
         (Path(copy) / WORKLOADS).write_text("".join(workloads[i] + "\n" for i in kept_workloads))
         (Path(copy) / RECORDS).write_text("".join(line + "\n" for line in best))

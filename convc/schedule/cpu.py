@@ -375,6 +375,14 @@ def _guarded(schedule):
 
 
 # ------------------------------------------------------------------ pooling
+def _window_blocks(sch, kernel):
+    """(output block with the epilogue inlined, the main block, its zero-padding producers): the
+    blocks the window kernels (pooling, deconv) schedule."""
+    out = _inline_epilogue(sch, kernel.main)
+    main = sch.get_sblock(kernel.main)
+    return out, main, [b for b in sch.get_producers(main) if _is_spatial(sch, b)]
+
+
 def schedule_pool(func, kernel, cpu: ISA):
     """Max/avg pooling, any window, stride, padding, ceil mode. Output rows in parallel over
     (n, c, row); the padded input rows one output row needs are copied once (no bounds test
@@ -383,9 +391,7 @@ def schedule_pool(func, kernel, cpu: ISA):
     if kernel.kind != "pool":
         return None
     sch = s_tir.Schedule(func)
-    out = _inline_epilogue(sch, kernel.main)
-    red = sch.get_sblock(kernel.main)
-    pads = [b for b in sch.get_producers(red) if _is_spatial(sch, b)]
+    out, red, pads = _window_blocks(sch, kernel)
     n, c, y, z = sch.get_loops(out)
     if _extent(sch, y) * _extent(sch, z) == 1:
         co, cv = sch.split(c, [None, vector_factor(_extent(sch, c), cpu.lanes)])
@@ -633,9 +639,7 @@ def schedule_deconv(func, kernel, cpu: ISA):
     if kernel.kind != "deconv":
         return None
     sch = s_tir.Schedule(func)
-    out = _inline_epilogue(sch, kernel.main)
-    acc = sch.get_sblock(kernel.main)
-    pads = [b for b in sch.get_producers(acc) if _is_spatial(sch, b)]
+    out, acc, pads = _window_blocks(sch, kernel)
     n, c, y, z = sch.get_loops(out)
     width = _extent(sch, z)
     planes = sch.fuse(n, c)          # rows stay a loop of their own: (y + pad) // s stays affine
